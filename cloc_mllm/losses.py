@@ -1,0 +1,207 @@
+"""CLOC's training losses, each owning its gathering of features across ranks.
+
+``L = L_clip + λ (L_region + L_ground)`` with λ = weight × (images carrying region text) / batch size.
+Every loss is written so that, averaged over ranks, it equals the single-process loss on the global
+batch, and its gradients (after DDP's averaging) equal the single-process gradients: features are
+gathered *with* gradients and each rank scores its own rows against all columns.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+import torch.distributed.nn.functional as dist_fn
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .box_ops import box_xyxy_to_cxcywh, elementwise_generalized_box_iou
+
+
+def _world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def gather_with_grad(tensor: Tensor) -> Tensor:
+    """Concatenate ``tensor`` from all ranks along dim 0, keeping the autograd graph (identity on 1 rank)."""
+    if _world()[1] == 1:
+        return tensor
+    return torch.cat(dist_fn.all_gather(tensor), dim=0)
+
+
+def gather_no_grad(tensor: Tensor) -> Tensor:
+    if _world()[1] == 1:
+        return tensor
+    parts = [torch.empty_like(tensor) for _ in range(_world()[1])]
+    dist.all_gather(parts, tensor.contiguous())
+    return torch.cat(parts, dim=0)
+
+
+def _local_rows(num_local: int, num_total_before: int) -> Tensor:
+    return torch.arange(num_local) + num_total_before
+
+
+def _rank_offset(count: int, device: torch.device) -> tuple[int, int]:
+    """(rows before this rank, rows in total) for per-rank row counts that may differ."""
+    rank, world = _world()
+    if world == 1:
+        return 0, count
+    counts = gather_no_grad(torch.tensor([count], device=device))
+    return int(counts[:rank].sum()), int(counts.sum())
+
+
+def infonce_loss(
+    local_a: Tensor,
+    local_b: Tensor,
+    all_a: Tensor,
+    all_b: Tensor,
+    logit_scale: Tensor,
+    offset: int,
+    ignore: Tensor | None = None,
+) -> Tensor:
+    """Symmetric InfoNCE of this rank's rows against all columns; mean over the global rows.
+
+    local_a/b: (n, D) normalised pairs; all_a/b: (N, D) every rank's rows; ``ignore`` (n, N) bool removes
+    negatives (never the positive) from the denominators. Returns this rank's share: the sum over its
+    rows divided by N, so summing over ranks gives the global mean.
+    """
+    scale = logit_scale.exp()
+    logits_ab = scale * local_a @ all_b.t()  # (n, N)
+    logits_ba = scale * local_b @ all_a.t()
+    if ignore is not None:
+        logits_ab = logits_ab.masked_fill(ignore, float("-inf"))
+        logits_ba = logits_ba.masked_fill(ignore, float("-inf"))
+    targets = _local_rows(local_a.shape[0], offset).to(local_a.device)
+    total = all_a.shape[0]
+    loss = F.cross_entropy(logits_ab, targets, reduction="sum") + F.cross_entropy(
+        logits_ba, targets, reduction="sum"
+    )
+    return loss / (2 * total)
+
+
+def siglip_loss(
+    local_image: Tensor, all_text: Tensor, logit_scale: Tensor, logit_bias: Tensor, offset: int
+) -> Tensor:
+    """Sigmoid pairwise loss (SigLIP), this rank's image rows against every text; global-row mean share."""
+    logits = logit_scale.exp() * local_image @ all_text.t() + logit_bias  # (n, N)
+    labels = -torch.ones_like(logits)
+    rows = torch.arange(local_image.shape[0], device=logits.device)
+    labels[rows, rows + offset] = 1.0
+    return -F.logsigmoid(labels * logits).sum() / all_text.shape[0]
+
+
+def grounding_loss(pred: Tensor, target: Tensor, kind: str) -> Tensor:
+    """Per-box loss (R,) between (R, 4) normalised xyxy boxes: ``l2`` | ``l1`` | ``giou`` (GIoU + L1)."""
+    if kind == "l2":
+        return (box_xyxy_to_cxcywh(pred) - box_xyxy_to_cxcywh(target)).pow(2).sum(-1)
+    l1 = (pred - target).abs().sum(-1)
+    if kind == "l1":
+        return l1
+    return l1 + (1.0 - elementwise_generalized_box_iou(pred, target))
+
+
+@dataclass
+class LossTerms:
+    loss: Tensor
+    loss_clip: Tensor
+    loss_region: Tensor | None = None
+    loss_ground: Tensor | None = None
+    region_weight: Tensor | None = None  # λ actually applied
+
+
+class CLOCLoss(nn.Module):
+    """Turns the model's embeddings and box predictions into ``L_clip + λ (L_region + L_ground)``.
+
+    Each rank returns its share: summed over ranks it is the loss of the global batch, which DDP's
+    gradient averaging (divide by world size) turns back into the right gradient because each share
+    is multiplied by the world size here. On one process the factor is 1.
+    """
+
+    def __init__(
+        self,
+        contrastive: str = "infonce",
+        grounding: str = "l2",
+        region_weight: float = 1.0,
+        grounding_weight: float = 1.0,
+        text_similarity_threshold: float = 0.9,
+    ):
+        super().__init__()
+        self.contrastive = contrastive
+        self.grounding = grounding
+        self.region_weight = region_weight
+        self.grounding_weight = grounding_weight
+        self.text_similarity_threshold = text_similarity_threshold
+
+    def clip_term(
+        self, image_embeds: Tensor, text_embeds: Tensor, logit_scale: Tensor, logit_bias: Tensor | None
+    ) -> Tensor:
+        offset, _ = _rank_offset(image_embeds.shape[0], image_embeds.device)
+        all_text = gather_with_grad(text_embeds)
+        if self.contrastive == "siglip":
+            return siglip_loss(image_embeds, all_text, logit_scale, logit_bias, offset)
+        all_image = gather_with_grad(image_embeds)
+        return infonce_loss(image_embeds, text_embeds, all_image, all_text, logit_scale, offset)
+
+    def region_term(self, region_embeds: Tensor, region_text_embeds: Tensor, logit_scale: Tensor) -> Tensor:
+        """(R, D) valid regions of this rank vs all ranks' regions, with near-duplicate captions ignored."""
+        offset, _ = _rank_offset(region_embeds.shape[0], region_embeds.device)
+        all_regions = _gather_ragged(region_embeds)
+        all_texts = _gather_ragged(region_text_embeds)
+        with torch.no_grad():
+            text_similarity = region_text_embeds @ all_texts.t()  # (r, R)
+            ignore = text_similarity > self.text_similarity_threshold
+            rows = torch.arange(region_embeds.shape[0], device=ignore.device)
+            ignore[rows, rows + offset] = False  # the positive always stays
+        return infonce_loss(
+            region_embeds, region_text_embeds, all_regions, all_texts, logit_scale, offset, ignore
+        )
+
+    def forward(
+        self,
+        image_embeds: Tensor,
+        text_embeds: Tensor,
+        logit_scale: Tensor,
+        logit_bias: Tensor | None = None,
+        region_embeds: Tensor | None = None,
+        region_text_embeds: Tensor | None = None,
+        pred_boxes: Tensor | None = None,
+        target_boxes: Tensor | None = None,
+        images_with_regions: Tensor | None = None,
+        region_logit_scale: Tensor | None = None,
+    ) -> LossTerms:
+        """image/text_embeds (B, D) normalised; region tensors (R, D) / (R, 4) over the valid regions;
+        images_with_regions: scalar count of this rank's images that carry at least one region."""
+        _, world = _world()
+        loss_clip = self.clip_term(image_embeds, text_embeds, logit_scale, logit_bias) * world
+        if region_embeds is None:
+            return LossTerms(loss=loss_clip, loss_clip=loss_clip)
+        batch = gather_no_grad(torch.tensor([image_embeds.shape[0]], device=image_embeds.device)).sum()
+        with_regions = gather_no_grad(images_with_regions.reshape(1).to(batch.device)).sum()
+        lam = self.region_weight * with_regions.float() / batch.float()
+        if int(with_regions) == 0:
+            # Keep the region parameters in the graph (zero gradient) so DDP sees every parameter used.
+            zero = region_embeds.sum() * 0.0 + (pred_boxes.sum() * 0.0 if pred_boxes is not None else 0.0)
+            return LossTerms(loss_clip + zero, loss_clip, zero, zero, lam)
+        scale = region_logit_scale if region_logit_scale is not None else logit_scale
+        loss_region = self.region_term(region_embeds, region_text_embeds, scale) * world
+        loss_ground = image_embeds.new_zeros(())
+        if pred_boxes is not None:
+            num_regions = gather_no_grad(torch.tensor([pred_boxes.shape[0]], device=pred_boxes.device)).sum()
+            per_box = grounding_loss(pred_boxes.float(), target_boxes.float(), self.grounding)
+            loss_ground = per_box.sum() / num_regions.clamp(min=1) * world * self.grounding_weight
+        loss = loss_clip + lam * (loss_region + loss_ground)
+        return LossTerms(loss, loss_clip, loss_region, loss_ground, lam)
+
+
+def _gather_ragged(tensor: Tensor) -> Tensor:
+    """all_gather with gradients for per-rank row counts that differ (pads, gathers, strips)."""
+    rank, world = _world()
+    if world == 1:
+        return tensor
+    counts = gather_no_grad(torch.tensor([tensor.shape[0]], device=tensor.device)).tolist()
+    padded = F.pad(tensor, (0, 0, 0, max(counts) - tensor.shape[0]))
+    parts = dist_fn.all_gather(padded)
+    return torch.cat([part[:count] for part, count in zip(parts, counts)], dim=0)

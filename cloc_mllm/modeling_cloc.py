@@ -1,0 +1,309 @@
+"""CLOCModel: CLIP's two towers plus promptable region embeddings and a grounding head.
+
+The towers are transformers' own ``CLIPVisionModel`` / ``CLIPTextModel`` and the projections keep
+CLIPModel's names, so an HF CLIP checkpoint loads as-is (``from_clip``) and the image tower exports as
+a plain ``CLIPVisionModel`` (``export_vision_tower``) with no conversion.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from transformers import CLIPImageProcessor, CLIPModel, CLIPTextModel, CLIPVisionModel, PreTrainedModel
+from transformers import initialization as init
+from transformers.utils import ModelOutput
+
+from .configuration_cloc import CLOCConfig
+from .losses import CLOCLoss
+from .prompter import (
+    FourierPositionEncoding,
+    PromptEncoder,
+    Prompter,
+    RoIAlignRegionHead,
+    patch_centres,
+    roi_pool_tokens,
+)
+
+REGION_HEADS = ("prompter", "roialign", "clip_roialign")
+
+
+@dataclass
+class CLOCOutput(ModelOutput):
+    """Embeddings are L2-normalised; region tensors are flattened over the valid regions (R, ...)."""
+
+    loss: Tensor | None = None
+    loss_clip: Tensor | None = None
+    loss_region: Tensor | None = None
+    loss_ground: Tensor | None = None
+    region_weight: Tensor | None = None
+    image_embeds: Tensor | None = None
+    text_embeds: Tensor | None = None
+    region_embeds: Tensor | None = None
+    region_text_embeds: Tensor | None = None
+    pred_boxes: Tensor | None = None
+    logits_per_image: Tensor | None = None
+
+
+class CLOCPreTrainedModel(PreTrainedModel):
+    config_class = CLOCConfig
+    base_model_prefix = "cloc"
+    main_input_name = "pixel_values"
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _no_split_modules = ["CLIPEncoderLayer", "CLIPTextEmbeddings", "CLIPVisionEmbeddings"]
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        config = self.config
+        if isinstance(module, CLOCModel):
+            std = config.initializer_factor
+            init.normal_(module.visual_projection.weight, std=module.vision_width**-0.5 * std)
+            init.normal_(module.text_projection.weight, std=module.text_width**-0.5 * std)
+            init.constant_(module.logit_scale, config.logit_scale_init_value)
+            init.constant_(module.region_logit_scale, config.region_logit_scale_init_value)
+            init.constant_(module.logit_bias, config.logit_bias_init_value)
+        elif isinstance(module, Prompter) and module.box_bias_scale is not None:
+            init.constant_(module.box_bias_scale, module.config.box_bias_init)
+        elif isinstance(module, PromptEncoder):
+            init.zeros_(module.text_type_embedding)
+            init.copy_(module.centres, patch_centres(module.grid_size))
+        elif isinstance(module, FourierPositionEncoding):
+            init.copy_(module.frequencies, module.initial_frequencies())
+
+
+class CLOCModel(CLOCPreTrainedModel):
+    """CLIP towers + Prompter (box -> region embedding, text -> box) + CLOC's losses."""
+
+    def __init__(self, config: CLOCConfig):
+        super().__init__(config)
+        self.vision_model = CLIPVisionModel._from_config(config.vision_config)
+        self.text_model = CLIPTextModel._from_config(config.text_config)
+        self.vision_width = config.vision_config.hidden_size
+        self.text_width = config.text_config.hidden_size
+        self.visual_projection = nn.Linear(self.vision_width, config.projection_dim, bias=False)
+        self.text_projection = nn.Linear(self.text_width, config.projection_dim, bias=False)
+        self.logit_scale = nn.Parameter(torch.tensor(config.logit_scale_init_value))
+        self.region_logit_scale = nn.Parameter(torch.tensor(config.region_logit_scale_init_value))
+        self.logit_bias = nn.Parameter(torch.tensor(config.logit_bias_init_value))
+        self.prompter = Prompter(config.prompter_config, config.num_patches_per_side, config.projection_dim)
+        self.roialign_head = (
+            RoIAlignRegionHead(self.vision_width, config.projection_dim, config.roialign_output_size)
+            if config.region_head == "roialign"
+            else None
+        )
+        self.loss_fn = CLOCLoss(
+            contrastive=config.contrastive_loss,
+            grounding=config.grounding_loss,
+            region_weight=config.region_loss_weight,
+            grounding_weight=config.grounding_loss_weight,
+            text_similarity_threshold=config.text_similarity_threshold,
+        )
+        self.post_init()
+
+    # ----- encoders -------------------------------------------------------------------------------
+    def encode_image(self, pixel_values: Tensor) -> tuple[Tensor, Tensor]:
+        """pixel_values (B, 3, H, W) -> (image embeddings (B, D) normalised, patch tokens (B, N, C))."""
+        out = self.vision_model(pixel_values=pixel_values)
+        embeds = F.normalize(self.visual_projection(out.pooler_output), dim=-1)
+        return embeds, out.last_hidden_state[:, 1:]
+
+    def get_image_features(self, pixel_values: Tensor) -> Tensor:
+        """(B, 3, H, W) -> (B, D) L2-normalised image embeddings."""
+        return self.encode_image(pixel_values)[0]
+
+    def get_vision_tokens(self, pixel_values: Tensor) -> Tensor:
+        """(B, 3, H, W) -> (B, N, C) last-layer patch tokens (no CLS): compute once, reuse for any boxes."""
+        return self.vision_model(pixel_values=pixel_values).last_hidden_state[:, 1:]
+
+    def get_text_features(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        """(B, L) -> (B, D) L2-normalised text embeddings (pooled at the EOS token, projected)."""
+        pooled = self.text_model(input_ids=input_ids, attention_mask=attention_mask).pooler_output
+        return F.normalize(self.text_projection(pooled), dim=-1)
+
+    # ----- promptable embeddings -----------------------------------------------------------------
+    def get_region_features(
+        self,
+        pixel_values: Tensor | None = None,
+        boxes: Tensor | None = None,
+        vision_tokens: Tensor | None = None,
+        head: str | None = None,
+        normalize: bool = True,
+    ) -> Tensor:
+        """Region embeddings for boxes (B, K, 4) normalised xyxy (model frame) -> (B, K, D).
+
+        Pass ``vision_tokens`` from ``get_vision_tokens`` to reuse one image encode for any number of
+        boxes. ``head``: None = the trained head of the config; ``"clip_roialign"`` = the parameter-free
+        CLIP baseline (RoIAlign over the tokens -> post-layernorm -> CLIP's visual projection).
+        """
+        if boxes is None:
+            raise ValueError("get_region_features needs boxes of shape (B, K, 4)")
+        if vision_tokens is None:
+            if pixel_values is None:
+                raise ValueError("get_region_features needs pixel_values or vision_tokens")
+            vision_tokens = self.get_vision_tokens(pixel_values)
+        head = head or self.config.region_head
+        if head not in REGION_HEADS:
+            raise ValueError(f"unknown region head {head!r}; choose from {REGION_HEADS}")
+        if head == "prompter":
+            embeds = self.prompter.encode_boxes(vision_tokens, boxes)
+        elif head == "roialign":
+            if self.roialign_head is None:
+                raise ValueError(
+                    "this model was built with region_head='prompter'; it has no trained RoIAlign head"
+                )
+            embeds = self.roialign_head(vision_tokens, boxes)
+        else:
+            pooled = roi_pool_tokens(vision_tokens, boxes, self.config.roialign_output_size)
+            embeds = self.visual_projection(self.vision_model.post_layernorm(pooled))
+        return F.normalize(embeds, dim=-1) if normalize else embeds
+
+    def ground(
+        self,
+        pixel_values: Tensor | None = None,
+        input_ids: Tensor | None = None,
+        attention_mask: Tensor | None = None,
+        vision_tokens: Tensor | None = None,
+        text_embeds: Tensor | None = None,
+    ) -> Tensor:
+        """One query per image: -> (B, 4) normalised xyxy in the model frame.
+
+        Either tokenised queries (input_ids (B, L)) or their ``text_embeds`` (B, D) may be given.
+        """
+        if vision_tokens is None:
+            vision_tokens = self.get_vision_tokens(pixel_values)
+        if text_embeds is None:
+            text_embeds = self.get_text_features(input_ids, attention_mask)
+        return self.prompter.ground(vision_tokens, text_embeds[:, None])[:, 0]
+
+    # ----- training ------------------------------------------------------------------------------
+    def forward(
+        self,
+        pixel_values: Tensor,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        region_boxes: Tensor | None = None,
+        region_input_ids: Tensor | None = None,
+        region_attention_mask: Tensor | None = None,
+        region_mask: Tensor | None = None,
+        return_loss: bool = False,
+        **kwargs,
+    ) -> CLOCOutput:
+        """Image/text embeddings and, in ``loss_mode="cloc"`` with regions given, region embeddings
+        and grounded boxes for the valid regions.
+
+        region_boxes (B, M, 4) normalised xyxy in the model frame; region_input_ids / attention_mask
+        (B, M, Lr); region_mask (B, M) bool marks real regions (padding is False).
+        """
+        image_embeds, tokens = self.encode_image(pixel_values)
+        text_embeds = self.get_text_features(input_ids, attention_mask)
+        out = CLOCOutput(
+            image_embeds=image_embeds,
+            text_embeds=text_embeds,
+            logits_per_image=self.logit_scale.exp() * image_embeds @ text_embeds.t(),
+        )
+        use_regions = self.config.loss_mode == "cloc" and region_boxes is not None
+        if use_regions:
+            if region_mask is None:
+                region_mask = torch.ones(region_boxes.shape[:2], dtype=torch.bool, device=region_boxes.device)
+            self._add_region_outputs(
+                out, tokens, region_boxes, region_input_ids, region_attention_mask, region_mask
+            )
+        if return_loss:
+            terms = self.loss_fn(
+                image_embeds,
+                text_embeds,
+                self.logit_scale,
+                self.logit_bias if self.config.contrastive_loss == "siglip" else None,
+                region_embeds=out.region_embeds,
+                region_text_embeds=out.region_text_embeds,
+                pred_boxes=out.pred_boxes,
+                target_boxes=region_boxes[region_mask] if use_regions else None,
+                images_with_regions=region_mask.any(-1).sum() if use_regions else None,
+                region_logit_scale=self.region_logit_scale,
+            )
+            out.loss, out.loss_clip = terms.loss, terms.loss_clip
+            out.loss_region, out.loss_ground, out.region_weight = (
+                terms.loss_region,
+                terms.loss_ground,
+                terms.region_weight,
+            )
+        return out
+
+    def _add_region_outputs(
+        self,
+        out: CLOCOutput,
+        tokens: Tensor,
+        boxes: Tensor,
+        region_ids: Tensor,
+        region_attn: Tensor,
+        mask: Tensor,
+    ) -> None:
+        region_embeds = self.get_region_features(boxes=boxes, vision_tokens=tokens)[mask]  # (R, D)
+        if mask.any():
+            region_text = self.get_text_features(
+                region_ids[mask], region_attn[mask] if region_attn is not None else None
+            )
+        else:  # the text tower cannot run on zero sequences
+            region_text = region_embeds.new_zeros(0, region_embeds.shape[-1])
+        prompts = tokens.new_zeros(*mask.shape, region_text.shape[-1])  # (B, M, D)
+        prompts[mask] = region_text.to(prompts.dtype)
+        pred_boxes = self.prompter.ground(tokens, prompts)[mask]  # (R, 4)
+        out.region_embeds, out.region_text_embeds, out.pred_boxes = region_embeds, region_text, pred_boxes
+
+    # ----- HF CLIP interoperability --------------------------------------------------------------
+    def export_vision_tower(
+        self, save_directory: str | os.PathLike, image_processor: CLIPImageProcessor | None = None
+    ) -> None:
+        """Write the image tower as a plain ``CLIPVisionModel`` + ``CLIPImageProcessor`` directory.
+
+        The weights are the tower's own (HF CLIP names), so transformers alone loads the result.
+        """
+        self.vision_model.save_pretrained(save_directory, safe_serialization=True)
+        processor = image_processor or default_image_processor(self.config)
+        processor.save_pretrained(save_directory)
+
+    @classmethod
+    def from_clip(cls, clip_name_or_path: str | os.PathLike, **config_overrides) -> CLOCModel:
+        """Start CLOC from an HF ``CLIPModel`` checkpoint (hub id or directory): towers, projections and
+        temperature are copied; the Prompter and region heads start fresh."""
+        clip = CLIPModel.from_pretrained(clip_name_or_path)
+        config = CLOCConfig(
+            vision_config=clip.config.vision_config.to_dict(),
+            text_config=clip.config.text_config.to_dict(),
+            prompter_config={
+                "hidden_size": clip.config.vision_config.hidden_size,
+                "intermediate_size": clip.config.vision_config.intermediate_size,
+                **config_overrides.pop("prompter_config", {}),
+            },
+            projection_dim=clip.config.projection_dim,
+            logit_scale_init_value=float(clip.logit_scale.detach()),
+            **config_overrides,
+        )
+        model = cls(config)
+        missing, unexpected = model.load_state_dict(clip.state_dict(), strict=False)
+        if unexpected:
+            raise ValueError(f"{clip_name_or_path}: CLIP weights with no place in CLOC: {unexpected[:5]}")
+        clip_keys = {
+            k
+            for k in missing
+            if k.startswith(("vision_model.", "text_model.", "visual_projection", "text_projection"))
+        }
+        if clip_keys:
+            raise ValueError(f"{clip_name_or_path}: CLIP checkpoint lacks {sorted(clip_keys)[:5]}")
+        return model
+
+
+def default_image_processor(config: CLOCConfig) -> CLIPImageProcessor:
+    """CLIP's normalisation at the tower's resolution, resized without cropping (boxes stay inside)."""
+    size = config.vision_config.image_size
+    return CLIPImageProcessor(
+        size={"height": size, "width": size},
+        crop_size={"height": size, "width": size},
+        do_center_crop=False,
+    )

@@ -1,0 +1,103 @@
+import math
+import os
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+
+from cloc_mllm import CLOCModel
+from cloc_mllm.losses import CLOCLoss, grounding_loss, infonce_loss, siglip_loss
+
+from .conftest import random_batch
+
+
+def test_infonce_hand_computed():
+    a = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    scale = torch.tensor(0.0)  # exp(0) = 1
+    loss = infonce_loss(a, a, a, a, scale, offset=0)
+    # Each row: -log(e^1 / (e^1 + e^0)), both directions, mean over 2 rows.
+    assert loss.item() == pytest.approx(-math.log(math.e / (math.e + 1)))
+
+
+def test_duplicate_caption_negatives_are_ignored():
+    regions = F.normalize(torch.tensor([[1.0, 0.2], [1.0, 0.1], [0.0, 1.0]]), dim=-1)
+    texts = F.normalize(
+        torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]]), dim=-1
+    )  # captions 0 and 1 identical
+    loss_fn = CLOCLoss(text_similarity_threshold=0.9)
+    filtered = loss_fn.region_term(regions, texts, torch.tensor(0.0))
+    ignore = torch.zeros(3, 3, dtype=torch.bool)
+    ignore[0, 1] = ignore[1, 0] = True
+    expected = infonce_loss(regions, texts, regions, texts, torch.tensor(0.0), 0, ignore)
+    unfiltered = infonce_loss(regions, texts, regions, texts, torch.tensor(0.0), 0)
+    assert filtered.item() == pytest.approx(expected.item())
+    assert filtered.item() < unfiltered.item()
+
+
+def test_siglip_hand_computed():
+    img = torch.tensor([[1.0, 0.0]])
+    txt = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    loss = siglip_loss(img, txt, torch.tensor(0.0), torch.tensor(0.0), offset=0)
+    expected = -(F.logsigmoid(torch.tensor(1.0)) + F.logsigmoid(torch.tensor(0.0))) / 2
+    assert loss.item() == pytest.approx(expected.item())
+
+
+def test_grounding_losses():
+    pred = torch.tensor([[0.0, 0.0, 0.5, 0.5]])
+    target = torch.tensor([[0.0, 0.0, 0.5, 1.0]])
+    # centre y differs by 0.25, height by 0.5 -> 0.0625 + 0.25
+    assert grounding_loss(pred, target, "l2").item() == pytest.approx(0.3125)
+    assert grounding_loss(pred, target, "l1").item() == pytest.approx(0.5)
+    assert grounding_loss(pred, target, "giou").item() == pytest.approx(0.5 + 0.5)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _rank_worker(rank, world, port, config, batch, result_path):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    torch.manual_seed(0)
+    model = CLOCModel(config)
+    per_rank = batch["pixel_values"].shape[0] // world
+    local = {k: v[rank * per_rank : (rank + 1) * per_rank] for k, v in batch.items()}
+    out = model(**local, return_loss=True)
+    out.loss.backward()
+    # What DDP does: average the loss for logging and the gradients for the update.
+    values = torch.stack(
+        [out.loss.detach(), out.loss_clip.detach(), out.loss_region.detach(), out.loss_ground.detach()]
+    )
+    dist.all_reduce(values)
+    grads = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+    dist.all_reduce(grads)
+    if rank == 0:
+        torch.save({"losses": values / world, "grads": grads / world}, result_path)
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("contrastive", ["infonce", "siglip"])
+def test_two_process_loss_and_gradients_equal_single_process(tiny_config, tmp_path, contrastive):
+    config = tiny_config.__class__.from_dict({**tiny_config.to_dict(), "contrastive_loss": contrastive})
+    batch = random_batch(config, batch_size=6, num_regions=3, seed=1)
+    batch["region_mask"][1, 1:] = False  # ranks hold different numbers of regions
+    batch["region_mask"][4] = False
+    batch["region_input_ids"][2, 0] = batch["region_input_ids"][5, 2]  # a duplicate caption across ranks
+    torch.manual_seed(0)
+    model = CLOCModel(config)
+    out = model(**batch, return_loss=True)
+    out.loss.backward()
+    single_grads = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+    single = torch.stack([out.loss, out.loss_clip, out.loss_region, out.loss_ground]).detach()
+
+    result = tmp_path / "dist.pt"
+    mp.spawn(_rank_worker, args=(2, _free_port(), config, batch, result), nprocs=2, join=True)
+    got = torch.load(result)
+    assert torch.allclose(got["losses"], single, atol=1e-5), (got["losses"], single)
+    assert got["grads"].shape == single_grads.shape
+    assert torch.allclose(got["grads"], single_grads, atol=1e-5, rtol=1e-4)

@@ -1,0 +1,95 @@
+import pytest
+import torch
+
+from cloc_mllm import CLOCModel
+from cloc_mllm.prompter import FourierPositionEncoding, box_patch_coverage, patch_centres
+
+from .conftest import random_batch
+
+
+def test_coverage_hand_computed():
+    # 2x2 grid; a box over the left half covers cells 0 and 2 fully, nothing else.
+    boxes = torch.tensor([[[0.0, 0.0, 0.5, 1.0], [0.0, 0.0, 0.25, 0.25]]])
+    cov = box_patch_coverage(boxes, grid_size=2)
+    assert cov[0, 0].tolist() == pytest.approx([1.0, 0.0, 1.0, 0.0])
+    # A box smaller than a cell: its best cell still gets weight 1.
+    assert cov[0, 1].tolist() == pytest.approx([1.0, 0.0, 0.0, 0.0])
+
+
+def test_fourier_codes_separate_neighbouring_patches():
+    enc = FourierPositionEncoding(64, max_frequency=16)
+    codes = enc(patch_centres(8))  # (64, 64)
+    sims = torch.nn.functional.normalize(codes, dim=-1) @ torch.nn.functional.normalize(codes, dim=-1).t()
+    off_diagonal = sims - torch.eye(64) * 2
+    assert off_diagonal.max() < 0.95  # every patch is distinguishable from every other
+
+
+def test_region_features_reuse_tokens_and_are_independent_per_box(tiny_config):
+    torch.manual_seed(0)
+    model = CLOCModel(tiny_config).eval()
+    batch = random_batch(tiny_config, batch_size=2, num_regions=3)
+    with torch.no_grad():
+        direct = model.get_region_features(batch["pixel_values"], batch["region_boxes"])
+        tokens = model.get_vision_tokens(batch["pixel_values"])
+        cached = model.get_region_features(boxes=batch["region_boxes"], vision_tokens=tokens)
+        single = model.get_region_features(boxes=batch["region_boxes"][:, 1:2], vision_tokens=tokens)
+    assert direct.shape == (2, 3, tiny_config.projection_dim)
+    assert torch.allclose(direct, cached, atol=1e-6)
+    assert torch.allclose(single[:, 0], cached[:, 1], atol=1e-5)
+    assert torch.allclose(direct.norm(dim=-1), torch.ones(2, 3), atol=1e-5)
+
+
+def test_cross_attention_equals_prompt_rows_of_full_layer(tiny_config):
+    torch.manual_seed(0)
+    model = CLOCModel(tiny_config).eval()
+    prompter = model.prompter
+    batch = random_batch(tiny_config, batch_size=2, num_regions=3)
+    with torch.no_grad():
+        tokens = model.get_vision_tokens(batch["pixel_values"])
+        prompts = prompter.prompt_encoder.box_tokens(batch["region_boxes"])
+        pe = prompter.prompt_encoder.image_positions()
+        bias = prompter._box_bias(batch["region_boxes"])
+        cross = prompter.layer(prompts, tokens, pe, bias)
+        full = prompter.layer.forward_full(prompts, tokens, pe, bias)
+    assert full.shape == (2, 3, 2 + tokens.shape[1], tiny_config.prompter_config.hidden_size)
+    assert torch.allclose(cross, full[:, :, :2], atol=1e-5)
+
+
+def test_full_variant_and_box_bias_change_embeddings(tiny_config):
+    torch.manual_seed(0)
+    cross = CLOCModel(tiny_config).eval()
+    full_config = tiny_config.__class__.from_dict(tiny_config.to_dict())
+    full_config.prompter_config.attention = "full"
+    full = CLOCModel(full_config).eval()
+    full.load_state_dict(cross.state_dict())
+    batch = random_batch(tiny_config, batch_size=1, num_regions=2)
+    with torch.no_grad():
+        a = cross.get_region_features(batch["pixel_values"], batch["region_boxes"])
+        b = full.get_region_features(batch["pixel_values"], batch["region_boxes"])
+        cross.prompter.box_bias_scale.fill_(0.0)
+        c = cross.get_region_features(batch["pixel_values"], batch["region_boxes"])
+    assert not torch.allclose(a, b, atol=1e-4)  # the paper variant pools image rows too
+    assert not torch.allclose(a, c, atol=1e-4)  # the coverage bias is live
+
+
+def test_grounding_returns_valid_boxes(tiny_config):
+    model = CLOCModel(tiny_config).eval()
+    batch = random_batch(tiny_config, batch_size=3)
+    with torch.no_grad():
+        boxes = model.ground(batch["pixel_values"], batch["input_ids"], batch["attention_mask"])
+    assert boxes.shape == (3, 4)
+    assert (boxes[:, 2:] >= boxes[:, :2]).all() and boxes.min() >= 0 and boxes.max() <= 1
+
+
+def test_roialign_heads(tiny_config):
+    config = tiny_config.__class__.from_dict({**tiny_config.to_dict(), "region_head": "roialign"})
+    model = CLOCModel(config).eval()
+    batch = random_batch(config, batch_size=2)
+    with torch.no_grad():
+        trained = model.get_region_features(batch["pixel_values"], batch["region_boxes"])
+        clip = model.get_region_features(batch["pixel_values"], batch["region_boxes"], head="clip_roialign")
+    assert trained.shape == clip.shape == (2, 3, config.projection_dim)
+    with pytest.raises(ValueError, match="no trained RoIAlign head"):
+        CLOCModel(tiny_config).get_region_features(
+            batch["pixel_values"], batch["region_boxes"], head="roialign"
+        )
