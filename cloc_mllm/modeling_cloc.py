@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from transformers import CLIPImageProcessor, CLIPModel, CLIPTextModel, CLIPVisionModel, PreTrainedModel
+from transformers import CLIPImageProcessorPil, CLIPModel, CLIPTextModel, CLIPVisionModel, PreTrainedModel
 from transformers import initialization as init
 from transformers.utils import ModelOutput
 
@@ -258,7 +258,7 @@ class CLOCModel(CLOCPreTrainedModel):
 
     # ----- HF CLIP interoperability --------------------------------------------------------------
     def export_vision_tower(
-        self, save_directory: str | os.PathLike, image_processor: CLIPImageProcessor | None = None
+        self, save_directory: str | os.PathLike, image_processor: CLIPImageProcessorPil | None = None
     ) -> None:
         """Write the image tower as a plain ``CLIPVisionModel`` + ``CLIPImageProcessor`` directory.
 
@@ -299,10 +299,13 @@ class CLOCModel(CLOCPreTrainedModel):
         return model
 
 
-def default_image_processor(config: CLOCConfig) -> CLIPImageProcessor:
-    """CLIP's normalisation at the tower's resolution, resized without cropping (boxes stay inside)."""
+def default_image_processor(config: CLOCConfig) -> CLIPImageProcessorPil:
+    """CLIP's normalisation at the tower's resolution, resized without cropping (boxes stay inside).
+
+    The PIL backend: it needs no torchvision and saves as a plain ``CLIPImageProcessor`` config.
+    """
     size = config.vision_config.image_size
-    return CLIPImageProcessor(
+    return CLIPImageProcessorPil(
         size={"height": size, "width": size},
         crop_size={"height": size, "width": size},
         do_center_crop=False,
