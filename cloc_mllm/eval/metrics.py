@@ -1,0 +1,175 @@
+"""Evaluation metrics on plain boxes, scores and strings; no model code.
+
+Boxes are xyxy relative to the original image, pixels or normalised alike: IoU does not change when x
+and y are scaled by different factors, so both frames give the same numbers.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from cloc_mllm.box_ops import box_iou
+
+Box = Sequence[float]
+PROTOCOLS = ("any", "first", "merged")
+
+
+def merge_boxes(boxes: Sequence[Box]) -> tuple[float, float, float, float]:
+    """The smallest box holding all ``boxes`` (Flickr30k's merged-box protocol)."""
+    if not boxes:
+        raise ValueError("merge_boxes needs at least one box")
+    return (
+        min(b[0] for b in boxes),
+        min(b[1] for b in boxes),
+        max(b[2] for b in boxes),
+        max(b[3] for b in boxes),
+    )
+
+
+def protocol_ious(predicted: Sequence[Box], targets: Sequence[Box], protocol: str = "any") -> list[float]:
+    """IoU of each predicted box (in answer order) against the ground truth under ``protocol``.
+
+    ``any``: best IoU over the target boxes; ``first``: the first target box only; ``merged``: the
+    box enclosing all targets. A single-target benchmark (RefCOCO) gives the same under all three.
+    """
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {protocol!r}; known: {PROTOCOLS}")
+    if not predicted or not targets:
+        return []
+    gts = {"any": list(targets), "first": [targets[0]], "merged": [merge_boxes(targets)]}[protocol]
+    ious = box_iou(torch.tensor(predicted, dtype=torch.float64), torch.tensor(gts, dtype=torch.float64))
+    return ious.max(dim=1).values.tolist()
+
+
+def score_grounding(
+    predictions: Sequence[Sequence[Box]],
+    targets: Sequence[Sequence[Box]],
+    protocol: str = "any",
+    ks: Sequence[int] = (1, 5, 10),
+    threshold: float = 0.5,
+) -> dict[str, float]:
+    """Acc@threshold of the first predicted box, Recall@k over the first k, and mean IoU.
+
+    ``predictions[i]`` is the ranked box list for item i; an empty list (unparseable answer) is a miss.
+    """
+    if len(predictions) != len(targets):
+        raise ValueError(f"{len(predictions)} predictions for {len(targets)} targets")
+    n = len(targets)
+    hits = {k: 0 for k in ks}
+    first_ious = []
+    for predicted, target in zip(predictions, targets, strict=True):
+        ious = protocol_ious(predicted, target, protocol)
+        first_ious.append(ious[0] if ious else 0.0)
+        for k in ks:
+            hits[k] += any(iou >= threshold for iou in ious[:k])
+    result = {f"acc@{threshold:g}": sum(iou >= threshold for iou in first_ious) / max(n, 1)}
+    result.update({f"recall@{k}": hits[k] / max(n, 1) for k in ks})
+    result["mean_iou"] = sum(first_ious) / max(n, 1)
+    result["n"] = n
+    return result
+
+
+def retrieval_recall(
+    similarity: Tensor, positives: Tensor, ks: Sequence[int] = (1, 5, 10)
+) -> dict[str, float]:
+    """Recall@k: share of queries with a positive among their k most similar candidates.
+
+    similarity: (Q, C) scores; positives: (Q, C) bool. Queries without any positive are an error,
+    since they would silently lower every recall.
+    """
+    if similarity.shape != positives.shape:
+        raise ValueError(f"similarity {tuple(similarity.shape)} vs positives {tuple(positives.shape)}")
+    if not positives.any(dim=1).all():
+        raise ValueError("every query needs at least one positive candidate")
+    order = similarity.argsort(dim=1, descending=True)
+    ranked_pos = positives.gather(1, order)  # (Q, C) positives in rank order
+    first_hit = ranked_pos.float().argmax(dim=1)  # rank of the best-ranked positive
+    return {f"R@{k}": (first_hit < k).float().mean().item() for k in ks}
+
+
+def mean_per_class_accuracy(predicted: Tensor, target: Tensor, num_classes: int) -> tuple[float, list[float]]:
+    """Mean over classes present in ``target`` of their accuracy, and the per-class list (NaN if absent)."""
+    per_class = []
+    for c in range(num_classes):
+        mask = target == c
+        per_class.append((predicted[mask] == c).float().mean().item() if mask.any() else float("nan"))
+    present = [a for a in per_class if a == a]
+    return (sum(present) / len(present) if present else 0.0), per_class
+
+
+def topk_accuracy(logits: Tensor, target: Tensor, ks: Sequence[int] = (1, 5)) -> dict[str, float]:
+    """(N, C) logits, (N,) labels -> {"top1": ..., "top5": ...}; k is capped at the class count."""
+    top = logits.topk(min(max(ks), logits.shape[1]), dim=1).indices
+    hit = top == target[:, None]
+    return {f"top{k}": hit[:, :k].any(dim=1).float().mean().item() for k in ks}
+
+
+# ---- text matching for referring (box -> phrase) --------------------------------------------------
+
+_ARTICLES = {"a", "an", "the"}
+
+
+def text_tokens(text: str) -> list[str]:
+    """Lower-case word tokens without punctuation and articles."""
+    return [t for t in re.findall(r"[a-z0-9]+", (text or "").lower()) if t not in _ARTICLES]
+
+
+def _singular(word: str) -> str:
+    if word.endswith("ies") and len(word) > 4:
+        return word[:-3] + "y"
+    if word.endswith("es") and word[:-2].endswith(("s", "x", "ch", "sh")):
+        return word[:-2]
+    if word.endswith("s") and not word.endswith("ss") and len(word) > 3:
+        return word[:-1]
+    return word
+
+
+def exact_match(predicted: str, references: Sequence[str]) -> bool:
+    """The answer equals a reference after lower-casing and dropping punctuation and articles."""
+    answer = text_tokens(predicted)
+    return bool(answer) and any(answer == text_tokens(r) for r in references)
+
+
+def noun_match(predicted: str, noun: str) -> bool:
+    """The reference noun (e.g. the object's category, possibly several words) occurs in the answer."""
+    answer = [_singular(t) for t in text_tokens(predicted)]
+    words = [_singular(t) for t in text_tokens(noun)]
+    if not words:
+        return False
+    return any(answer[i : i + len(words)] == words for i in range(len(answer) - len(words) + 1))
+
+
+def token_f1(predicted: str, references: Sequence[str]) -> float:
+    """Best word-overlap F1 (SQuAD style) of the answer against any reference."""
+    answer = text_tokens(predicted)
+    best = 0.0
+    for ref in references:
+        words = text_tokens(ref)
+        common = sum(min(answer.count(w), words.count(w)) for w in set(answer))
+        if common:
+            p, r = common / len(answer), common / len(words)
+            best = max(best, 2 * p * r / (p + r))
+    return best
+
+
+def cider(predictions: dict[str, str], references: dict[str, list[str]]) -> float | None:
+    """Corpus CIDEr-D from ``pycocoevalcap`` when installed (else None).
+
+    Texts are tokenised by :func:`text_tokens` instead of the Java PTB tokenizer, so the score is close
+    to, not identical with, the COCO server's.
+    """
+    try:
+        from pycocoevalcap.cider.cider import Cider
+    except ImportError:
+        return None
+    keys = sorted(predictions)
+    if not keys:
+        return None
+    res = {k: [" ".join(text_tokens(predictions[k])) or "empty"] for k in keys}
+    gts = {k: [" ".join(text_tokens(r)) for r in references[k]] for k in keys}
+    score, _ = Cider().compute_score(gts, res)
+    return float(score)

@@ -1,0 +1,88 @@
+"""MLLM grounding: ask a finetuned LLaVA "Where is {expression}?" and score the box it writes.
+
+The answer is parsed by the tolerant :func:`~cloc_mllm.mllm.box_text.parse_boxes` (0-999, 0-1 or pixel
+numbers; several boxes are a ranking for Recall@k). Boxes in answers are relative to the *original*
+image (DESIGN §4), so they are scored against the annotation directly. An empty or unparseable answer
+is a miss, as in the published protocols; an unreadable image is counted and left out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from cloc_mllm.eval.benchmarks import GroundingBenchmark, GroundingItem, score_benchmark
+from cloc_mllm.eval.cache import PredictionCache, cached_predict
+from cloc_mllm.eval.inputs import load_images
+from cloc_mllm.eval.sharding import Shard
+from cloc_mllm.mllm.box_text import parse_boxes
+
+# The first of the training data's grounding questions (cloc_mllm.data.synthetic), LLaVA-1.5 style.
+GROUNDING_PROMPT = "Where is {}?"
+
+
+def mllm_grounding_rows(
+    model,
+    processor,
+    items: Sequence[GroundingItem],
+    batch_size: int = 8,
+    max_new_tokens: int = 32,
+    prompt: str = GROUNDING_PROMPT,
+) -> list[dict]:
+    """One row per item: the answer, its boxes (normalised xyxy, original image), image size, status."""
+    from cloc_mllm.mllm.inference import generate_answers
+
+    images, sizes = load_images(items)
+    readable = [i for i, image in enumerate(images) if image is not None]
+    answers = generate_answers(
+        model,
+        processor,
+        [images[i] for i in readable],
+        [prompt.format(items[i].text) for i in readable],
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+    )
+    rows = [
+        {"status": "missing_image", "answer": "", "boxes": [], "image_size": sizes[i]}
+        for i in range(len(items))
+    ]
+    for i, answer in zip(readable, answers, strict=True):
+        boxes = parse_boxes(answer, image_size=tuple(sizes[i]))
+        status = "ok" if boxes else ("empty_answer" if not answer.strip() else "unparseable")
+        rows[i] = {
+            "status": status,
+            "answer": answer,
+            "boxes": [list(b) for b in boxes],
+            "image_size": sizes[i],
+        }
+    return rows
+
+
+def evaluate_mllm_grounding(
+    model,
+    processor,
+    benchmarks: Sequence[GroundingBenchmark],
+    cache_dir: str | Path | None = None,
+    shard: Shard | None = None,
+    batch_size: int = 8,
+    max_new_tokens: int = 32,
+    prompt: str = GROUNDING_PROMPT,
+) -> tuple[dict[str, dict], dict[str, dict[str, dict]]]:
+    """Metrics per benchmark (per protocol + counts) and the prediction rows (benchmark -> key -> row)."""
+    shard = shard or Shard()
+    metrics, rows = {}, {}
+    for bench in benchmarks:
+        cache = PredictionCache(cache_dir, f"mllm_grounding-{bench.name}", shard.rank)
+        rows[bench.name] = cached_predict(
+            bench.items,
+            key=lambda item: item.key,
+            predict_batch=lambda batch: mllm_grounding_rows(
+                model, processor, batch, batch_size, max_new_tokens, prompt
+            ),
+            cache=cache,
+            shard=shard,
+            batch_size=batch_size * 4,  # several generate batches between cache flushes
+            desc=f"ground {bench.name}",
+        )
+        metrics[bench.name] = score_benchmark(bench, rows[bench.name])
+    return metrics, rows

@@ -1,0 +1,111 @@
+"""Referring (box -> phrase): ask what is in a box and score the words the MLLM gives back.
+
+One question per referred target (all its expressions are the references). The box goes in as Ferret
+text ``[x1, y1, x2, y2]``, or as a ``<region>`` token for models trained with region prompts (Ferret*,
+the Prompter's region embedding). Scores: exact match with a reference, the object's noun appearing in
+the answer, word-overlap F1, and corpus CIDEr when ``pycocoevalcap`` is installed.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+
+from cloc_mllm.eval.benchmarks import GroundingBenchmark, RegionTarget, region_targets
+from cloc_mllm.eval.cache import PredictionCache, cached_predict
+from cloc_mllm.eval.inputs import load_images
+from cloc_mllm.eval.metrics import cider, exact_match, noun_match, token_f1
+from cloc_mllm.eval.sharding import Shard
+from cloc_mllm.mllm.box_text import format_box
+from cloc_mllm.mllm.templates import REGION_TOKEN
+
+# The first of the training data's referring questions (cloc_mllm.data.synthetic).
+REFERRING_PROMPT = "What is in {}?"
+
+
+def referring_rows(
+    model,
+    processor,
+    targets: Sequence[RegionTarget],
+    batch_size: int = 8,
+    max_new_tokens: int = 32,
+    use_regions: bool = False,
+    prompt: str = REFERRING_PROMPT,
+) -> list[dict]:
+    """One row per target: the answer and a status (``missing_image``, ``empty_answer`` or ``ok``)."""
+    from cloc_mllm.mllm.inference import generate_answers
+
+    images, sizes = load_images(targets)
+    readable = [i for i, image in enumerate(images) if image is not None]
+    boxes = []
+    for i in readable:
+        width, height = sizes[i]
+        x1, y1, x2, y2 = targets[i].box
+        boxes.append((x1 / width, y1 / height, x2 / width, y2 / height))
+    prompts = [prompt.format(REGION_TOKEN if use_regions else format_box(box)) for box in boxes]
+    answers = generate_answers(
+        model,
+        processor,
+        [images[i] for i in readable],
+        prompts,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        regions=[[box] for box in boxes] if use_regions else None,
+    )
+    rows = [{"status": "missing_image", "answer": ""} for _ in targets]
+    for i, answer in zip(readable, answers, strict=True):
+        rows[i] = {"status": "ok" if answer.strip() else "empty_answer", "answer": answer}
+    return rows
+
+
+def score_referring(targets: Sequence[RegionTarget], rows: dict[str, dict], skipped: Counter) -> dict:
+    """Mean exact / noun / token-F1 over targets with a readable image (empty answers score 0)."""
+    scored = [t for t in targets if rows[t.key]["status"] != "missing_image"]
+    n = max(len(scored), 1)
+    answers = {t.key: rows[t.key]["answer"] for t in scored}
+    result = {
+        "exact": sum(exact_match(answers[t.key], t.references) for t in scored) / n,
+        "noun": sum(noun_match(answers[t.key], t.noun) for t in scored) / n,
+        "token_f1": sum(token_f1(answers[t.key], t.references) for t in scored) / n,
+        "cider": cider(answers, {t.key: list(t.references) for t in scored}),
+        "n": len(scored),
+    }
+    statuses = Counter(rows[t.key]["status"] for t in targets)
+    result["counts"] = {
+        "targets": len(targets),
+        **{f"status_{k}": v for k, v in sorted(statuses.items())},
+        **{f"skipped_{k}": v for k, v in sorted(skipped.items())},
+    }
+    return result
+
+
+def evaluate_referring(
+    model,
+    processor,
+    benchmarks: Sequence[GroundingBenchmark],
+    cache_dir: str | Path | None = None,
+    shard: Shard | None = None,
+    batch_size: int = 8,
+    max_new_tokens: int = 32,
+    use_regions: bool = False,
+) -> tuple[dict[str, dict], dict[str, dict[str, dict]]]:
+    """Referring metrics per benchmark and the rows (benchmark -> key -> row)."""
+    shard = shard or Shard()
+    metrics, all_rows = {}, {}
+    for bench in benchmarks:
+        targets, skipped = region_targets(bench)
+        cache = PredictionCache(cache_dir, f"referring-{bench.name}", shard.rank)
+        all_rows[bench.name] = cached_predict(
+            targets,
+            key=lambda target: target.key,
+            predict_batch=lambda batch: referring_rows(
+                model, processor, batch, batch_size, max_new_tokens, use_regions
+            ),
+            cache=cache,
+            shard=shard,
+            batch_size=batch_size * 4,
+            desc=f"refer {bench.name}",
+        )
+        metrics[bench.name] = score_referring(targets, all_rows[bench.name], skipped)
+    return metrics, all_rows

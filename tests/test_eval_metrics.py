@@ -1,0 +1,113 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+from pycocotools import mask as mask_utils
+
+from cloc_mllm.eval import metrics
+
+
+def test_iou_matches_pycocotools_on_random_boxes():
+    rng = np.random.default_rng(0)
+    xy = rng.uniform(0, 200, size=(40, 2))
+    wh = rng.uniform(1, 120, size=(40, 2))
+    xywh = np.concatenate([xy, wh], axis=1)
+    xyxy = np.concatenate([xy, xy + wh], axis=1)
+    preds, gts = xyxy[:20], xyxy[20:]
+    expected = mask_utils.iou(xywh[:20].tolist(), xywh[20:].tolist(), [0] * 20)  # (20, 20)
+    for i in range(20):
+        got = metrics.protocol_ious([preds[i].tolist()], gts.tolist(), "any")[0]
+        assert got == pytest.approx(expected[i].max(), abs=1e-9)
+        first = metrics.protocol_ious([preds[i].tolist()], gts.tolist(), "first")[0]
+        assert first == pytest.approx(expected[i, 0], abs=1e-9)
+
+
+def test_merged_and_any_protocols_differ_on_two_box_phrase():
+    # "two dogs": GT boxes side by side; a prediction covering both hits only under "merged".
+    gts = [(0, 0, 10, 10), (10, 0, 20, 10)]
+    covering = [(0, 0, 20, 10)]
+    one_dog = [(10, 0, 20, 10)]
+    assert metrics.protocol_ious(covering, gts, "any") == [pytest.approx(0.5)]
+    assert metrics.protocol_ious(covering, gts, "merged") == [pytest.approx(1.0)]
+    assert metrics.protocol_ious(one_dog, gts, "first") == [pytest.approx(0.0)]
+    assert metrics.protocol_ious(one_dog, gts, "any") == [pytest.approx(1.0)]
+    assert metrics.protocol_ious(one_dog, gts, "merged") == [pytest.approx(0.5)]
+    assert metrics.merge_boxes(gts) == (0, 0, 20, 10)
+    with pytest.raises(ValueError, match="unknown protocol"):
+        metrics.protocol_ious(one_dog, gts, "best")
+
+
+def test_score_grounding_hand_computed():
+    targets = [[(0, 0, 10, 10)], [(0, 0, 10, 10)], [(0, 0, 10, 10)], [(0, 0, 10, 10)]]
+    predictions = [
+        [(0, 0, 10, 10)],  # hit, IoU 1
+        [(0, 0, 10, 4), (0, 0, 10, 9)],  # first IoU .4 (miss), second .9 -> counts for recall@5
+        [],  # unparseable answer: a miss with IoU 0
+        [(0, 0, 10, 5)],  # IoU exactly .5: a hit (>=)
+    ]
+    got = metrics.score_grounding(predictions, targets, ks=(1, 5))
+    assert got["acc@0.5"] == pytest.approx(2 / 4)
+    assert got["recall@1"] == pytest.approx(2 / 4)
+    assert got["recall@5"] == pytest.approx(3 / 4)
+    assert got["mean_iou"] == pytest.approx((1 + 0.4 + 0 + 0.5) / 4)
+    assert got["n"] == 4
+    with pytest.raises(ValueError):
+        metrics.score_grounding(predictions[:2], targets)
+
+
+def test_retrieval_recall_hand_computed():
+    sim = torch.tensor([[0.9, 0.1, 0.5], [0.2, 0.3, 0.8], [0.7, 0.6, 0.1]])
+    pos = torch.tensor([[1, 0, 0], [1, 0, 0], [0, 0, 1]], dtype=torch.bool)
+    # query 0: positive at rank 0; query 1: rank 2; query 2: rank 2
+    got = metrics.retrieval_recall(sim, pos, ks=(1, 2, 3))
+    assert got == {"R@1": pytest.approx(1 / 3), "R@2": pytest.approx(1 / 3), "R@3": pytest.approx(1.0)}
+    with pytest.raises(ValueError, match="positive"):
+        metrics.retrieval_recall(sim, torch.zeros_like(pos))
+
+
+def test_mean_per_class_and_topk():
+    pred = torch.tensor([0, 0, 1, 1, 1, 2])
+    target = torch.tensor([0, 1, 1, 1, 1, 0])
+    macc, per_class = metrics.mean_per_class_accuracy(pred, target, num_classes=4)
+    assert per_class[0] == pytest.approx(0.5) and per_class[1] == pytest.approx(0.75)
+    assert math.isnan(per_class[2]) and math.isnan(per_class[3])
+    assert macc == pytest.approx((0.5 + 0.75) / 2)
+    logits = torch.tensor([[0.1, 0.9, 0.0], [0.5, 0.2, 0.3]])
+    acc = metrics.topk_accuracy(logits, torch.tensor([1, 2]), ks=(1, 2, 5))
+    assert acc == {"top1": pytest.approx(0.5), "top2": pytest.approx(1.0), "top5": pytest.approx(1.0)}
+
+
+def test_text_matching():
+    assert metrics.exact_match("The red cube.", ["red cube", "a cube"])
+    assert not metrics.exact_match("", [""])
+    assert not metrics.exact_match("red cube on left", ["red cube"])
+    assert metrics.noun_match("two large red cubes", "cube")
+    assert metrics.noun_match("a man on a motor bike", "motor bike")
+    assert not metrics.noun_match("a blue circle", "cube")
+    assert metrics.token_f1("red cube", ["the big red cube"]) == pytest.approx(2 * 1 * (2 / 3) / (1 + 2 / 3))
+    assert metrics.token_f1("sky", ["red cube"]) == 0.0
+
+
+def test_cider_when_available_and_absent(monkeypatch):
+    preds = {"a": "red cube", "b": "blue circle", "c": "green star"}
+    refs = {"a": ["red cube", "a red cube"], "b": ["blue circle"], "c": ["yellow triangle"]}
+    try:
+        import pycocoevalcap  # noqa: F401
+
+        good = metrics.cider(preds, refs)
+        worse = metrics.cider({**preds, "a": "green star"}, refs)
+        assert good is not None and worse is not None and good > worse
+    except ImportError:
+        assert metrics.cider(preds, refs) is None
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_cider(name, *args, **kwargs):
+        if name.startswith("pycocoevalcap"):
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_cider)
+    assert metrics.cider(preds, refs) is None
