@@ -71,6 +71,22 @@ def box_patch_coverage(boxes: Tensor, grid_size: int) -> Tensor:
     return coverage / coverage.amax(-1, keepdim=True).clamp(min=1e-6)
 
 
+NUM_GEOMETRY_FEATURES = 4
+UNIFORM_STD_TO_WIDTH = math.sqrt(12.0)  # a uniform blob of width w has standard deviation w / sqrt(12)
+
+
+def attention_box_estimate(attention: Tensor, centres: Tensor) -> Tensor:
+    """Attention over patches (B, K, N) and patch centres (N, 2) -> (B, K, 4) cxcywh in [0, 1].
+
+    Centre = attention-weighted mean position; size = sqrt(12) x weighted standard deviation, exact
+    when the attention spreads evenly over an axis-aligned box.
+    """
+    mean = attention @ centres  # (B, K, 2)
+    var = attention @ centres.pow(2) - mean.pow(2)
+    size = UNIFORM_STD_TO_WIDTH * var.clamp(min=1e-6).sqrt()
+    return torch.cat([mean, size], dim=-1).clamp(0.0, 1.0)
+
+
 class PromptEncoder(nn.Module):
     """Turns boxes and text embeddings into prompt tokens, and gives image tokens their positions."""
 
@@ -133,9 +149,18 @@ class PrompterLayer(nn.Module):
         return x + self.mlp(self.norm2(x))
 
     def forward(
-        self, prompts: Tensor, image_tokens: Tensor, image_pe: Tensor, image_bias: Tensor | None = None
-    ) -> Tensor:
-        """prompts (B, K, P, C), image_tokens (B, N, C), image_pe (N, C), image_bias (B, K, N) -> (B, K, P, C)."""
+        self,
+        prompts: Tensor,
+        image_tokens: Tensor,
+        image_pe: Tensor,
+        image_bias: Tensor | None = None,
+        return_attention: bool = False,
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """prompts (B, K, P, C), image_tokens (B, N, C), image_pe (N, C), image_bias (B, K, N) -> (B, K, P, C).
+
+        With ``return_attention`` also the head-averaged attention of each prompt over the image tokens
+        (B, K, P, N), which the grounding head turns into a position estimate.
+        """
         normed = self.norm1(prompts)
         q = self._heads(self.q_proj(normed)) / math.sqrt(self.head_dim)  # (B, K, P, H, d)
         kp, vp = self._heads(self.k_proj(normed)), self._heads(self.v_proj(normed))
@@ -149,7 +174,10 @@ class PrompterLayer(nn.Module):
         attended = torch.einsum("bkhpq,bkqhd->bkphd", weights[..., :num_prompts], vp) + torch.einsum(
             "bkhpn,bnhd->bkphd", weights[..., num_prompts:], vi
         )
-        return self._feed_forward(prompts, attended)
+        out = self._feed_forward(prompts, attended)
+        if return_attention:
+            return out, weights[..., num_prompts:].mean(2)
+        return out
 
     def forward_full(
         self, prompts: Tensor, image_tokens: Tensor, image_pe: Tensor, image_bias: Tensor | None = None
@@ -198,11 +226,9 @@ class Prompter(nn.Module):
         self.region_norm = nn.LayerNorm(width, eps=config.layer_norm_eps)
         self.region_projection = nn.Linear(width, projection_dim, bias=False)
         hidden = config.grounding_hidden_size or width
+        self.grounding_norm = nn.LayerNorm(width, eps=config.layer_norm_eps)
         self.grounding_head = nn.Sequential(
-            nn.LayerNorm(width, eps=config.layer_norm_eps),
-            nn.Linear(width, hidden),
-            nn.GELU(),
-            nn.Linear(hidden, 4),
+            nn.Linear(width + NUM_GEOMETRY_FEATURES, hidden), nn.GELU(), nn.Linear(hidden, 4)
         )
 
     def _box_bias(self, boxes: Tensor) -> Tensor | None:
@@ -223,14 +249,20 @@ class Prompter(nn.Module):
         return self.region_projection(self.region_norm(pooled))
 
     def ground(self, image_tokens: Tensor, text_embeds: Tensor) -> Tensor:
-        """image_tokens (B, N, C), text_embeds (B, K, D) -> boxes (B, K, 4) normalised xyxy."""
+        """image_tokens (B, N, C), text_embeds (B, K, D) -> boxes (B, K, 4) normalised xyxy.
+
+        The text token's attention over the patches is a soft mask of where the phrase is; its centroid
+        and spread give a box estimate, and the 2-layer GELU MLP reads the Prompter's output together
+        with that estimate and corrects it (in logit space, so it starts from the estimate). The prompt
+        rows are the same in both attention variants, so grounding always uses the cheap one.
+        """
         prompts = self.prompt_encoder.text_tokens(text_embeds.to(image_tokens.dtype))  # (B, K, 1, C)
         image_pe = self.prompt_encoder.image_positions().to(image_tokens.dtype)
-        if self.config.attention == "full":
-            out = self.layer.forward_full(prompts, image_tokens, image_pe)[:, :, :1]
-        else:
-            out = self.layer(prompts, image_tokens, image_pe)
-        cxcywh = self.grounding_head(out[:, :, 0]).sigmoid()  # (B, K, 4)
+        out, attention = self.layer(prompts, image_tokens, image_pe, return_attention=True)
+        estimate = attention_box_estimate(attention[:, :, 0], self.prompt_encoder.centres.to(attention.dtype))
+        features = torch.cat([self.grounding_norm(out[:, :, 0]), estimate], dim=-1)  # (B, K, C + 4)
+        prior = torch.logit(estimate.clamp(1e-3, 1 - 1e-3))
+        cxcywh = (prior + self.grounding_head(features)).sigmoid()  # (B, K, 4)
         return box_cxcywh_to_xyxy(cxcywh).clamp(0.0, 1.0)
 
 

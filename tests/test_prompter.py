@@ -93,3 +93,18 @@ def test_roialign_heads(tiny_config):
         CLOCModel(tiny_config).get_region_features(
             batch["pixel_values"], batch["region_boxes"], head="roialign"
         )
+
+
+def test_attention_box_estimate_recovers_a_uniform_box():
+    from cloc_mllm.prompter import attention_box_estimate
+
+    grid = 8
+    centres = patch_centres(grid)
+    box = torch.tensor([[[0.25, 0.5, 0.75, 1.0]]])  # covers columns 2..5, rows 4..7 exactly
+    inside = box_patch_coverage(box, grid)[0, 0] > 0.99
+    attention = (inside.float() / inside.sum())[None, None]  # (1, 1, N) uniform over the box
+    estimate = attention_box_estimate(attention, centres)[0, 0]
+    # centre exact; width from the std of 4 discrete columns: sqrt(12 * (16 - 1) / 12) / 8 = sqrt(15) / 8
+    assert estimate[:2].tolist() == pytest.approx([0.5, 0.75])
+    assert estimate[2].item() == pytest.approx(15**0.5 / 8, rel=1e-4)
+    assert estimate[3].item() == pytest.approx(15**0.5 / 8, rel=1e-4)

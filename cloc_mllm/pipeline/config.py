@@ -1,0 +1,83 @@
+"""The main job's settings: one dataclass, three named profiles, every field a flag.
+
+``ci`` proves the wiring in a few minutes, ``quick`` is the README's first command (about a quarter of
+an hour on two CPU cores), ``reproduce`` trains long enough to meet the targets of docs/results/.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, replace
+
+PROFILES: dict[str, dict] = {
+    "ci": dict(
+        num_train=240, num_val=40, num_test=60, pretrain_steps=40, pretrain_batch_size=32, warmup_steps=5,
+        finetune_steps=15, finetune_batch_size=8, eval_limit=40,
+    ),
+    "quick": dict(
+        num_train=1500, num_val=100, num_test=200, pretrain_steps=300, pretrain_batch_size=48, warmup_steps=30,
+        finetune_steps=150, finetune_batch_size=16, eval_limit=200,
+    ),
+    "reproduce": dict(
+        num_train=6000, num_val=200, num_test=400, pretrain_steps=2000, pretrain_batch_size=64, warmup_steps=100,
+        finetune_steps=1200, finetune_batch_size=16, eval_limit=400,
+    ),
+}
+
+
+def _help(text: str) -> dict:
+    return {"help": text}
+
+
+@dataclass
+class PipelineConfig:
+    """Everything the main job needs; a profile fills the sizes, flags override any field."""
+
+    profile: str = field(default="quick", metadata=_help(f"One of {sorted(PROFILES)}."))
+    out_dir: str = field(default="runs/quickstart", metadata=_help("Run directory (resumable)."))
+    seed: int = field(default=0, metadata=_help("Seed of the world, both pretrainings and both finetunings."))
+    # world
+    num_train: int = field(default=1500, metadata=_help("Synthetic train images."))
+    num_val: int = field(default=100, metadata=_help("Synthetic val images."))
+    num_test: int = field(default=200, metadata=_help("Synthetic test images."))
+    world_image_size: int = field(default=128, metadata=_help("Rendered image side (pixels)."))
+    vesl_detector: str = field(
+        default="", metadata=_help("OWLv2 dir/id: pseudo-label the train split with VESL before pretraining.")
+    )
+    # pretraining (CLOC and the CLIP-only baseline share every setting but the loss)
+    preset: str = field(default="tiny", metadata=_help("CLOC preset of both encoders."))
+    pretrain_steps: int = field(default=300, metadata=_help("Optimiser steps of each pretraining."))
+    pretrain_batch_size: int = field(default=48, metadata=_help("Images per pretraining step."))
+    pretrain_lr: float = field(default=1e-3, metadata=_help("Peak pretraining learning rate."))
+    warmup_steps: int = field(default=30, metadata=_help("Pretraining warmup steps."))
+    max_regions: int = field(default=4, metadata=_help("Regions sampled per image (M)."))
+    # LLaVA finetuning (same LLM init and data for both towers)
+    llm_hidden_size: int = field(default=128, metadata=_help("Width of the tiny Llama."))
+    llm_layers: int = field(default=2, metadata=_help("Layers of the tiny Llama."))
+    finetune_steps: int = field(default=150, metadata=_help("Finetuning steps per tower."))
+    finetune_batch_size: int = field(default=16, metadata=_help("Global finetuning batch (records)."))
+    finetune_lr: float = field(default=1e-3, metadata=_help("Finetuning learning rate."))
+    deepspeed: str = field(
+        default="finetune/zero2.json", metadata=_help("DeepSpeed config of the finetuning; '' = plain python.")
+    )
+    num_ranks: int = field(default=2, metadata=_help("Finetuning processes (CPU ranks or GPUs)."))
+    # evaluation
+    eval_limit: int = field(default=200, metadata=_help("Items per evaluation split (0 = all)."))
+
+    def __post_init__(self):
+        if self.profile not in PROFILES:
+            raise ValueError(f"PipelineConfig.profile must be one of {sorted(PROFILES)}, got {self.profile!r}")
+        for name in ("num_train", "num_test", "pretrain_steps", "pretrain_batch_size", "finetune_steps", "num_ranks"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"PipelineConfig.{name} must be positive, got {getattr(self, name)!r}")
+
+
+def config_for_profile(profile: str, **overrides) -> PipelineConfig:
+    """The profile's sizes with ``overrides`` (field names) on top."""
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}; choose from {sorted(PROFILES)}")
+    known = {f.name for f in fields(PipelineConfig)}
+    unknown = set(overrides) - known
+    if unknown:
+        raise ValueError(f"unknown PipelineConfig fields: {sorted(unknown)}")
+    out_dir = overrides.pop("out_dir", None) or f"runs/{'quickstart' if profile == 'quick' else profile}"
+    return replace(PipelineConfig(profile=profile, out_dir=out_dir), **PROFILES[profile], **overrides)

@@ -1,0 +1,216 @@
+"""The main job's stages. Each writes into its own folder under the run directory and leaves a
+``.done`` marker, so an interrupted run picks up at the first unfinished stage.
+
+world → (VESL) → pretrain CLIP and CLOC → export towers → finetune a LLaVA on each → evaluate → report
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from .config import PipelineConfig
+
+logger = logging.getLogger(__name__)
+REPO_ROOT = Path(__file__).resolve().parents[2]
+ENCODERS = ("clip", "cloc")
+QUICK_BENCHMARKS = ("refcoco_val", "refcoco_testA", "refcoco_testB", "refcoco+_val", "refcocog_test", "flickr30k_test")
+
+
+def run_stage(directory: Path, name: str, fn: Callable[[], object]) -> None:
+    """Run ``fn`` unless ``directory/.done`` exists; mark it done afterwards."""
+    marker = directory / ".done"
+    if marker.exists():
+        logger.info("[%s] done already (%s)", name, directory)
+        return
+    logger.info("[%s] start", name)
+    directory.mkdir(parents=True, exist_ok=True)
+    fn()
+    marker.write_text("ok\n")
+    logger.info("[%s] finished", name)
+
+
+# ----- world -------------------------------------------------------------------------------------
+
+
+def make_world(config: PipelineConfig, world_dir: Path) -> None:
+    from cloc_mllm.data.synthetic import SyntheticWorldConfig, write_world
+
+    world = SyntheticWorldConfig(
+        seed=config.seed,
+        image_size=config.world_image_size,
+        num_train=config.num_train,
+        num_val=config.num_val,
+        num_test=config.num_test,
+    )
+    write_world(world_dir, world)
+
+
+def pseudo_label(config: PipelineConfig, world_dir: Path, out_dir: Path) -> None:
+    """VESL over the train shards: source captions kept, OWLv2 boxes for the extracted phrases."""
+    command = [
+        sys.executable, str(REPO_ROOT / "scripts" / "vesl.py"),
+        "--input", str(world_dir / "shards" / "train"),
+        "--output", str(out_dir),
+        "--detector", config.vesl_detector,
+        "--caption-mode", "keep",
+    ]
+    subprocess.run(command, check=True)
+
+
+def train_shards(config: PipelineConfig, run_dir: Path) -> str:
+    if config.vesl_detector:
+        return str(run_dir / "vesl")
+    return str(run_dir / "world" / "shards" / "train")
+
+
+# ----- pretraining -------------------------------------------------------------------------------
+
+
+def pretrain(config: PipelineConfig, loss: str, shards: str, tokenizer: Path, out_dir: Path) -> None:
+    """One pretraining run; CLOC and the CLIP baseline differ only in ``loss``."""
+    from cloc_mllm.training.config import PretrainConfig
+    from cloc_mllm.training.trainer import train
+
+    train(
+        PretrainConfig(
+            preset=config.preset,
+            loss=loss,
+            train_shards=shards,
+            tokenizer=str(tokenizer),
+            max_regions=config.max_regions,
+            global_batch_size=config.pretrain_batch_size,
+            max_steps=config.pretrain_steps,
+            lr=config.pretrain_lr,
+            warmup_steps=config.warmup_steps,
+            num_workers=1,
+            output_dir=str(out_dir),
+            seed=config.seed,
+            save_every=0,
+            keep_last=1,
+            log_every=10,
+            resume="auto",
+            export_vision_tower=True,
+        )
+    )
+
+
+def final_checkpoint(pretrain_dir: Path) -> Path:
+    from cloc_mllm.training.checkpoint import list_checkpoints
+
+    checkpoints = list_checkpoints(pretrain_dir)
+    if not checkpoints:
+        raise FileNotFoundError(f"{pretrain_dir}: no checkpoint; did the pretraining stage fail?")
+    return checkpoints[-1]
+
+
+def exported_tower(pretrain_dir: Path) -> Path:
+    tower = pretrain_dir / "vision_tower"
+    if not (tower / "config.json").is_file():
+        raise FileNotFoundError(f"{tower}: no exported vision tower")
+    return tower
+
+
+# ----- LLaVA finetuning --------------------------------------------------------------------------
+
+
+def instruction_data(config: PipelineConfig, world_dir: Path, out_path: Path) -> None:
+    """Grounding + referring conversations from RefCOCO/RefCOCO+/RefCOCOg train (refer layout)."""
+    from cloc_mllm.data.refer import load_refer
+    from cloc_mllm.mllm.instruct_builders import facts_to_conversations, refer_facts, write_records
+
+    records = []
+    for dataset, split_by in (("refcoco", "unc"), ("refcoco+", "unc"), ("refcocog", "umd")):
+        refs = load_refer(world_dir / "refer", dataset=dataset, split_by=split_by, split="train")
+        records += facts_to_conversations(
+            refer_facts(refs), dataset, image_root=world_dir / "refer", seed=config.seed
+        )
+    write_records(records, out_path)
+
+
+def tiny_llm(config: PipelineConfig, tokenizer_dir: Path, out_dir: Path) -> None:
+    """One random tiny Llama shared by both LLaVAs, so the towers are the only difference."""
+    from cloc_mllm.data.tokenizer import load_tokenizer
+    from cloc_mllm.mllm.tiny import write_tiny_llm
+
+    write_tiny_llm(
+        out_dir, load_tokenizer(str(tokenizer_dir)), hidden_size=config.llm_hidden_size,
+        num_layers=config.llm_layers, seed=config.seed,
+    )
+
+
+def finetune(config: PipelineConfig, llm: Path, tower: Path, data: Path, image_root: Path, out_dir: Path) -> None:
+    """``deepspeed finetune/train.py`` (or plain python when no DeepSpeed config is given)."""
+    per_rank = max(1, config.finetune_batch_size // config.num_ranks)
+    args = [
+        str(REPO_ROOT / "finetune" / "train.py"),
+        "--model_name_or_path", str(llm), "--vision_tower", str(tower),
+        "--data_path", str(data), "--image_folder", str(image_root), "--output_dir", str(out_dir),
+        "--mm_projector_type", "mlp2x_gelu", "--freeze_vision_tower", "True",
+        "--max_steps", str(config.finetune_steps), "--per_device_train_batch_size", str(per_rank),
+        "--learning_rate", str(config.finetune_lr), "--lr_scheduler_type", "cosine", "--warmup_steps", str(max(1, config.finetune_steps // 20)),
+        "--weight_decay", "0.0", "--model_max_length", "512", "--logging_steps", "10",
+        "--save_strategy", "no", "--report_to", "tensorboard", "--seed", str(config.seed),
+        "--dataloader_num_workers", "0",
+    ]
+    if not torch.cuda.is_available():
+        args += ["--use_cpu", "True"]  # CPU ranks talk over gloo
+    if config.deepspeed:
+        launcher = shutil.which("deepspeed")
+        if launcher is None:
+            raise RuntimeError("--deepspeed is set but the `deepspeed` launcher is not installed (pip install deepspeed)")
+        command = [
+            launcher, "--num_gpus", str(config.num_ranks), "--master_port", str(free_port()),
+            *args, "--deepspeed", str(REPO_ROOT / config.deepspeed),
+        ]
+    else:
+        command = [sys.executable, *args]
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
+    subprocess.run(command, check=True, env=env)
+
+
+def free_port() -> int:
+    """A free TCP port on loopback for the launcher's rendezvous (29500 may be taken by another job)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+# ----- evaluation --------------------------------------------------------------------------------
+
+
+def evaluate(
+    config: PipelineConfig, model: Path, world_dir: Path, out_dir: Path, suite: str, region_head: str | None = None
+) -> None:
+    from cloc_mllm.eval.runner import EvalArguments, run_evaluation
+
+    run_evaluation(
+        EvalArguments(
+            model=str(model),
+            data_root=str(world_dir),
+            out=str(out_dir),
+            suite=suite,
+            benchmarks=",".join(QUICK_BENCHMARKS),
+            coco_split="test",
+            tokenizer=str(world_dir / "tokenizer"),
+            region_head=region_head,
+            limit=config.eval_limit or None,
+            gallery_size=8,
+        )
+    )
+
+
+def read_results(directory: Path) -> dict:
+    path = directory / "results.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: evaluation results missing")
+    return json.loads(path.read_text())
