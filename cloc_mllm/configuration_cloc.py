@@ -19,6 +19,7 @@ _CHOICES = {
     "contrastive_loss": ("infonce", "siglip"),
     "grounding_loss": ("l2", "l1", "giou"),
     "loss_mode": ("cloc", "clip"),
+    "region_negative_filter": ("tokens", "embedding"),
 }
 _PROMPTER_CHOICES = {
     "attention": ("cross", "full"),
@@ -102,6 +103,7 @@ class CLOCConfig(PreTrainedConfig):
     region_loss_weight: float = 1.0
     grounding_loss_weight: float = 1.0
     text_similarity_threshold: float = 0.9
+    region_negative_filter: str = "tokens"  # caption similarity on token bags, or on text embeddings
     roialign_output_size: int = 2
     initializer_factor: float = 1.0
     initializer_range: float = 0.02

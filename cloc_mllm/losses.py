@@ -145,13 +145,24 @@ class CLOCLoss(nn.Module):
         all_image = gather_with_grad(image_embeds)
         return infonce_loss(image_embeds, text_embeds, all_image, all_text, logit_scale, offset)
 
-    def region_term(self, region_embeds: Tensor, region_text_embeds: Tensor, logit_scale: Tensor) -> Tensor:
-        """(R, D) valid regions of this rank vs all ranks' regions, with near-duplicate captions ignored."""
+    def region_term(
+        self,
+        region_embeds: Tensor,
+        region_text_embeds: Tensor,
+        logit_scale: Tensor,
+        text_signatures: Tensor | None = None,
+    ) -> Tensor:
+        """(R, D) valid regions of this rank vs all ranks' regions, with near-duplicate captions ignored.
+
+        Caption similarity is measured on ``text_signatures`` (R, S) L2-normalised when given, else on
+        the text embeddings themselves (the paper's rule).
+        """
         offset, _ = _rank_offset(region_embeds.shape[0], region_embeds.device)
         all_regions = _gather_ragged(region_embeds)
         all_texts = _gather_ragged(region_text_embeds)
         with torch.no_grad():
-            text_similarity = region_text_embeds @ all_texts.t()  # (r, R)
+            signatures = region_text_embeds if text_signatures is None else text_signatures
+            text_similarity = signatures @ _gather_ragged(signatures).t()  # (r, R)
             ignore = text_similarity > self.text_similarity_threshold
             rows = torch.arange(region_embeds.shape[0], device=ignore.device)
             ignore[rows, rows + offset] = False  # the positive always stays
@@ -171,6 +182,7 @@ class CLOCLoss(nn.Module):
         target_boxes: Tensor | None = None,
         images_with_regions: Tensor | None = None,
         region_logit_scale: Tensor | None = None,
+        region_text_signatures: Tensor | None = None,
     ) -> LossTerms:
         """image/text_embeds (B, D) normalised; region tensors (R, D) / (R, 4) over the valid regions;
         images_with_regions: scalar count of this rank's images that carry at least one region."""
@@ -186,7 +198,7 @@ class CLOCLoss(nn.Module):
             zero = region_embeds.sum() * 0.0 + (pred_boxes.sum() * 0.0 if pred_boxes is not None else 0.0)
             return LossTerms(loss_clip + zero, loss_clip, zero, zero, lam)
         scale = region_logit_scale if region_logit_scale is not None else logit_scale
-        loss_region = self.region_term(region_embeds, region_text_embeds, scale) * world
+        loss_region = self.region_term(region_embeds, region_text_embeds, scale, region_text_signatures) * world
         loss_ground = image_embeds.new_zeros(())
         if pred_boxes is not None:
             num_regions = gather_no_grad(torch.tensor([pred_boxes.shape[0]], device=pred_boxes.device)).sum()
@@ -194,6 +206,21 @@ class CLOCLoss(nn.Module):
             loss_ground = per_box.sum() / num_regions.clamp(min=1) * world * self.grounding_weight
         loss = loss_clip + lam * (loss_region + loss_ground)
         return LossTerms(loss, loss_clip, loss_region, loss_ground, lam)
+
+
+def token_signatures(input_ids: Tensor, attention_mask: Tensor | None, special_ids: Tensor, buckets: int = 1024) -> Tensor:
+    """A model-free caption fingerprint: L2-normalised hashed bag of token ids, (R, L) -> (R, buckets).
+
+    Identical captions get similarity 1 and captions sharing few tokens little, from the first step;
+    the text tower's own embeddings, by contrast, start out nearly identical for every caption, so a
+    0.9 threshold on them would drop every negative of an untrained model.
+    """
+    keep = ~torch.isin(input_ids, special_ids)
+    if attention_mask is not None:
+        keep &= attention_mask.bool()
+    counts = torch.zeros(input_ids.shape[0], buckets, device=input_ids.device)
+    counts.scatter_add_(1, input_ids % buckets, keep.float())
+    return F.normalize(counts, dim=-1)
 
 
 def _gather_ragged(tensor: Tensor) -> Tensor:

@@ -18,7 +18,7 @@ from transformers import initialization as init
 from transformers.utils import ModelOutput
 
 from .configuration_cloc import CLOCConfig
-from .losses import CLOCLoss
+from .losses import CLOCLoss, token_signatures
 from .prompter import (
     FourierPositionEncoding,
     PromptEncoder,
@@ -45,6 +45,7 @@ class CLOCOutput(ModelOutput):
     region_embeds: Tensor | None = None
     region_text_embeds: Tensor | None = None
     pred_boxes: Tensor | None = None
+    region_text_signatures: Tensor | None = None
     logits_per_image: Tensor | None = None
 
 
@@ -226,6 +227,7 @@ class CLOCModel(CLOCPreTrainedModel):
                 target_boxes=region_boxes[region_mask] if use_regions else None,
                 images_with_regions=region_mask.any(-1).sum() if use_regions else None,
                 region_logit_scale=self.region_logit_scale,
+                region_text_signatures=out.region_text_signatures,
             )
             out.loss, out.loss_clip = terms.loss, terms.loss_clip
             out.loss_region, out.loss_ground, out.region_weight = (
@@ -245,6 +247,12 @@ class CLOCModel(CLOCPreTrainedModel):
         mask: Tensor,
     ) -> None:
         region_embeds = self.get_region_features(boxes=boxes, vision_tokens=tokens)[mask]  # (R, D)
+        if self.config.region_negative_filter == "tokens":
+            text = self.config.text_config
+            special = torch.tensor([t for t in (text.pad_token_id, text.bos_token_id, text.eos_token_id) if t is not None])
+            out.region_text_signatures = token_signatures(
+                region_ids[mask], region_attn[mask] if region_attn is not None else None, special.to(region_ids.device)
+            )
         if mask.any():
             region_text = self.get_text_features(
                 region_ids[mask], region_attn[mask] if region_attn is not None else None

@@ -261,7 +261,7 @@ class Prompter(nn.Module):
         out, attention = self.layer(prompts, image_tokens, image_pe, return_attention=True)
         estimate = attention_box_estimate(attention[:, :, 0], self.prompt_encoder.centres.to(attention.dtype))
         features = torch.cat([self.grounding_norm(out[:, :, 0]), estimate], dim=-1)  # (B, K, C + 4)
-        prior = torch.logit(estimate.clamp(1e-3, 1 - 1e-3))
+        prior = torch.logit(estimate.clamp(0.05, 0.95))  # bounded, so the sigmoid never saturates
         cxcywh = (prior + self.grounding_head(features)).sigmoid()  # (B, K, 4)
         return box_cxcywh_to_xyxy(cxcywh).clamp(0.0, 1.0)
 

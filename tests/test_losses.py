@@ -101,3 +101,21 @@ def test_two_process_loss_and_gradients_equal_single_process(tiny_config, tmp_pa
     assert torch.allclose(got["losses"], single, atol=1e-5), (got["losses"], single)
     assert got["grads"].shape == single_grads.shape
     assert torch.allclose(got["grads"], single_grads, atol=1e-5, rtol=1e-4)
+
+
+def test_token_signatures_filter_duplicates_from_the_first_step():
+    from cloc_mllm.losses import token_signatures
+
+    special = torch.tensor([0, 2, 3])
+    ids = torch.tensor([[2, 10, 11, 3, 0], [2, 10, 11, 3, 0], [2, 12, 11, 3, 0], [2, 10, 11, 13, 3]])
+    sig = token_signatures(ids, (ids != 0).long(), special)
+    sim = sig @ sig.t()
+    assert sim[0, 1].item() == pytest.approx(1.0)  # identical captions
+    assert sim[0, 2].item() == pytest.approx(0.5)  # one shared word of two
+    assert sim[0, 3].item() < 0.9  # "red circle" vs "red circle x" stays a negative
+    # Nearly identical embeddings (an untrained tower) would drop every negative; signatures do not.
+    regions = F.normalize(torch.randn(4, 8, generator=torch.Generator().manual_seed(0)), dim=-1)
+    texts = F.normalize(torch.ones(4, 8) + 0.01 * torch.randn(4, 8, generator=torch.Generator().manual_seed(1)), dim=-1)
+    loss_fn = CLOCLoss()
+    assert loss_fn.region_term(regions, texts, torch.tensor(0.0)).item() == pytest.approx(0.0, abs=1e-6)
+    assert loss_fn.region_term(regions, texts, torch.tensor(0.0), sig).item() > 0.1

@@ -42,6 +42,10 @@ DEFAULT_TEMPLATES = (
     "a drawing of a {}.",
     "there is a {} here.",
 )
+# The bare class name: for encoders trained on short region phrases (the synthetic world) whose
+# tokenizer never saw "photo" or "close-up", an ensemble of web-caption templates only adds noise.
+PLAIN_TEMPLATES = ("{}",)
+TEMPLATE_SETS = {"clip": DEFAULT_TEMPLATES, "plain": PLAIN_TEMPLATES}
 RETRIEVAL_KS = (1, 5, 10)
 
 

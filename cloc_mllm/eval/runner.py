@@ -79,6 +79,9 @@ class EvalArguments:
     limit: int | None = field(
         default=None, metadata={"help": "Evaluate only the first N items of each split."}
     )
+    templates: str = field(
+        default="clip", metadata={"help": "Class-name prompts: clip (an ensemble) | plain (the bare name)."}
+    )
     batch_size: int = field(default=16, metadata={"help": "Images per forward pass."})
     max_new_tokens: int = field(default=32, metadata={"help": "MLLM answer length."})
     referring: bool = field(default=True, metadata={"help": "Also evaluate MLLM referring (box -> phrase)."})
@@ -92,6 +95,8 @@ class EvalArguments:
     def __post_init__(self):
         if self.suite not in SUITES:
             raise ValueError(f"--suite must be one of {SUITES}, got {self.suite!r}")
+        if self.templates not in encoder.TEMPLATE_SETS:
+            raise ValueError(f"--templates must be one of {sorted(encoder.TEMPLATE_SETS)}, got {self.templates!r}")
         if self.image_mode not in ("resize", "pad"):
             raise ValueError(
                 f"--image_mode must be resize or pad (cropping cuts referred objects), got {self.image_mode!r}"
@@ -311,6 +316,7 @@ def _encoder(args, loaded, benchmarks, paths: DataPaths, timer, results) -> None
             transform,
             args.batch_size,
             head,
+            encoder.TEMPLATE_SETS[args.templates],
         )
         out["region_recognition"]["head"] = head or model.config.region_head
     else:
@@ -347,6 +353,7 @@ def _encoder(args, loaded, benchmarks, paths: DataPaths, timer, results) -> None
             folder,
             transform,
             args.batch_size,
+            encoder.TEMPLATE_SETS[args.templates],
         )
     else:
         results["unavailable"]["zero_shot_classification"] = f"no image folder at {paths.classification}"

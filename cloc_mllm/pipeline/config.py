@@ -80,4 +80,4 @@ def config_for_profile(profile: str, **overrides) -> PipelineConfig:
     if unknown:
         raise ValueError(f"unknown PipelineConfig fields: {sorted(unknown)}")
     out_dir = overrides.pop("out_dir", None) or f"runs/{'quickstart' if profile == 'quick' else profile}"
-    return replace(PipelineConfig(profile=profile, out_dir=out_dir), **PROFILES[profile], **overrides)
+    return replace(PipelineConfig(profile=profile, out_dir=out_dir), **{**PROFILES[profile], **overrides})

@@ -105,12 +105,13 @@ def pretrain(config: PipelineConfig, loss: str, shards: str, tokenizer: Path, ou
 
 
 def final_checkpoint(pretrain_dir: Path) -> Path:
-    from cloc_mllm.training.checkpoint import list_checkpoints
+    """The ``save_pretrained`` directory of the last checkpoint of a pretraining run."""
+    from cloc_mllm.training.checkpoint import MODEL_DIR, list_checkpoints
 
     checkpoints = list_checkpoints(pretrain_dir)
     if not checkpoints:
         raise FileNotFoundError(f"{pretrain_dir}: no checkpoint; did the pretraining stage fail?")
-    return checkpoints[-1]
+    return checkpoints[-1] / MODEL_DIR
 
 
 def exported_tower(pretrain_dir: Path) -> Path:
@@ -203,6 +204,7 @@ def evaluate(
             coco_split="test",
             tokenizer=str(world_dir / "tokenizer"),
             region_head=region_head,
+            templates="plain",  # the world's region phrases are bare "colour shape" names
             limit=config.eval_limit or None,
             gallery_size=8,
         )

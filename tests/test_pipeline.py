@@ -1,0 +1,69 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cloc_mllm.pipeline.__main__ import parse_config
+from cloc_mllm.pipeline.config import PROFILES, config_for_profile
+from cloc_mllm.pipeline.report import SECTIONS, build_claims
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_profile_then_flags_override():
+    config = parse_config(["--profile", "ci", "--pretrain_steps", "7", "--out_dir", "/tmp/x"])
+    assert config.pretrain_steps == 7
+    assert config.num_train == PROFILES["ci"]["num_train"]
+    assert config.out_dir == "/tmp/x"
+    assert config_for_profile("quick").out_dir == "runs/quickstart"
+    with pytest.raises(ValueError, match="unknown profile"):
+        config_for_profile("huge")
+    with pytest.raises(ValueError, match="unknown PipelineConfig fields"):
+        config_for_profile("ci", steps=3)
+
+
+def _results(region_acc, i2t, ground):
+    return {
+        "encoder": {"region_recognition": {"acc": region_acc}, "image_text_retrieval": {"i2t_R@1": i2t, "t2i_R@1": i2t}},
+        "grounding": {"refcoco_val": {"any": {"acc@0.5": ground}}, "flickr30k_test": {"any": {"acc@0.5": 0.99}}},
+    }
+
+
+def test_claims_directions_and_targets():
+    metrics = {
+        "clip": _results(0.10, 0.50, 0.0),
+        "cloc": _results(0.85, 0.48, 0.75),
+        "llava_clip": _results(0, 0, 0.20),
+        "llava_cloc": _results(0, 0, 0.35),
+    }
+    claims = {c.name.split(" (")[0]: c for c in build_claims(metrics)}
+    assert claims["Region recognition top-1"].target_met
+    assert claims["Image-text retrieval R@1"].target_met  # 2 points below is within 3
+    assert claims["CLOC grounding head Acc@0.5"].cloc == pytest.approx(0.75)  # Flickr is not a RefCOCO split
+    assert claims["MLLM grounding Acc@0.5"].target_met
+    metrics["cloc"]["encoder"]["region_recognition"]["acc"] = 0.30
+    claims = {c.name.split(" (")[0]: c for c in build_claims(metrics)}
+    assert claims["Region recognition top-1"].direction_ok and not claims["Region recognition top-1"].target_met
+
+
+@pytest.mark.slow
+def test_ci_profile_end_to_end(tmp_path):
+    """The main job, reduced: every stage runs, the report has every section, CLOC beats CLIP on regions."""
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "cloc_mllm.pipeline", "--profile", "ci", "--out_dir", str(out)]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=1500)
+    assert result.returncode == 0, result.stderr[-4000:]
+    report_md = (out / "report.md").read_text()
+    for section in SECTIONS:
+        assert f"## {section}" in report_md
+    for plot in ("claims.png", "training_curves.png", "mllm_grounding.png"):
+        assert (out / plot).stat().st_size > 1000
+    report = json.loads((out / "report.json").read_text())
+    region = next(c for c in report["claims"] if c["name"].startswith("Region recognition"))
+    assert region["cloc"] > region["clip"], region
+    assert set(report["metrics"]) == {"clip", "cloc", "llava_clip", "llava_cloc"}
+    # A second run finds every stage done and rewrites the same report.
+    again = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and "done already" in again.stderr
