@@ -11,15 +11,18 @@ from dataclasses import dataclass, field, fields, replace
 PROFILES: dict[str, dict] = {
     "ci": dict(
         num_train=240, num_val=40, num_test=60, pretrain_steps=40, pretrain_batch_size=32, warmup_steps=5,
-        finetune_steps=15, finetune_batch_size=8, eval_limit=40,
+        finetune_steps=15, finetune_batch_size=8, eval_limit=24, benchmarks="refcoco_testA,flickr30k_test",
     ),
     "quick": dict(
-        num_train=1500, num_val=100, num_test=200, pretrain_steps=300, pretrain_batch_size=48, warmup_steps=30,
-        finetune_steps=150, finetune_batch_size=16, eval_limit=200,
+        num_train=1000, num_val=100, num_test=150, pretrain_steps=200, pretrain_batch_size=32, warmup_steps=20,
+        finetune_steps=100, finetune_batch_size=16, eval_limit=100,
+        benchmarks="refcoco_testA,refcoco_testB,flickr30k_test",
     ),
     "reproduce": dict(
-        num_train=6000, num_val=200, num_test=400, pretrain_steps=2000, pretrain_batch_size=64, warmup_steps=100,
-        finetune_steps=1200, finetune_batch_size=16, eval_limit=400,
+        num_train=6000, num_val=200, num_test=400, pretrain_steps=1500, pretrain_batch_size=48, warmup_steps=100,
+        finetune_steps=600, finetune_batch_size=16, eval_limit=400,
+        benchmarks="refcoco_val,refcoco_testA,refcoco_testB,refcoco+_val,refcoco+_testA,refcoco+_testB,"
+        "refcocog_val,refcocog_test,flickr30k_val,flickr30k_test",
     ),
 }
 
@@ -36,24 +39,24 @@ class PipelineConfig:
     out_dir: str = field(default="runs/quickstart", metadata=_help("Run directory (resumable)."))
     seed: int = field(default=0, metadata=_help("Seed of the world, both pretrainings and both finetunings."))
     # world
-    num_train: int = field(default=1500, metadata=_help("Synthetic train images."))
+    num_train: int = field(default=1000, metadata=_help("Synthetic train images."))
     num_val: int = field(default=100, metadata=_help("Synthetic val images."))
-    num_test: int = field(default=200, metadata=_help("Synthetic test images."))
+    num_test: int = field(default=150, metadata=_help("Synthetic test images."))
     world_image_size: int = field(default=128, metadata=_help("Rendered image side (pixels)."))
     vesl_detector: str = field(
         default="", metadata=_help("OWLv2 dir/id: pseudo-label the train split with VESL before pretraining.")
     )
     # pretraining (CLOC and the CLIP-only baseline share every setting but the loss)
     preset: str = field(default="tiny", metadata=_help("CLOC preset of both encoders."))
-    pretrain_steps: int = field(default=300, metadata=_help("Optimiser steps of each pretraining."))
-    pretrain_batch_size: int = field(default=48, metadata=_help("Images per pretraining step."))
+    pretrain_steps: int = field(default=200, metadata=_help("Optimiser steps of each pretraining."))
+    pretrain_batch_size: int = field(default=32, metadata=_help("Images per pretraining step."))
     pretrain_lr: float = field(default=1e-3, metadata=_help("Peak pretraining learning rate."))
-    warmup_steps: int = field(default=30, metadata=_help("Pretraining warmup steps."))
+    warmup_steps: int = field(default=20, metadata=_help("Pretraining warmup steps."))
     max_regions: int = field(default=4, metadata=_help("Regions sampled per image (M)."))
     # LLaVA finetuning (same LLM init and data for both towers)
     llm_hidden_size: int = field(default=128, metadata=_help("Width of the tiny Llama."))
     llm_layers: int = field(default=2, metadata=_help("Layers of the tiny Llama."))
-    finetune_steps: int = field(default=150, metadata=_help("Finetuning steps per tower."))
+    finetune_steps: int = field(default=100, metadata=_help("Finetuning steps per tower."))
     finetune_batch_size: int = field(default=16, metadata=_help("Global finetuning batch (records)."))
     finetune_lr: float = field(default=1e-3, metadata=_help("Finetuning learning rate."))
     deepspeed: str = field(
@@ -61,7 +64,12 @@ class PipelineConfig:
     )
     num_ranks: int = field(default=2, metadata=_help("Finetuning processes (CPU ranks or GPUs)."))
     # evaluation
-    eval_limit: int = field(default=200, metadata=_help("Items per evaluation split (0 = all)."))
+    eval_limit: int = field(default=100, metadata=_help("Items per evaluation split (0 = all)."))
+    benchmarks: str = field(
+        default="refcoco_testA,refcoco_testB,flickr30k_test",
+        metadata=_help("Grounding splits evaluated (comma list; see cloc_mllm.eval.benchmarks)."),
+    )
+    max_new_tokens: int = field(default=24, metadata=_help("MLLM answer length (a 0-999 box is ~20 tokens)."))
 
     def __post_init__(self):
         if self.profile not in PROFILES:

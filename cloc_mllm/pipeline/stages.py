@@ -23,7 +23,6 @@ from .config import PipelineConfig
 logger = logging.getLogger(__name__)
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ENCODERS = ("clip", "cloc")
-QUICK_BENCHMARKS = ("refcoco_val", "refcoco_testA", "refcoco_testB", "refcoco+_val", "refcocog_test", "flickr30k_test")
 
 
 def run_stage(directory: Path, name: str, fn: Callable[[], object]) -> None:
@@ -200,7 +199,8 @@ def evaluate(
             data_root=str(world_dir),
             out=str(out_dir),
             suite=suite,
-            benchmarks=",".join(QUICK_BENCHMARKS),
+            benchmarks=config.benchmarks,
+            max_new_tokens=config.max_new_tokens,
             coco_split="test",
             tokenizer=str(world_dir / "tokenizer"),
             region_head=region_head,
