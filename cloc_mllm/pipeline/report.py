@@ -4,6 +4,7 @@ target, training curves and per-split grounding bars (``report.md``, ``report.js
 from __future__ import annotations
 
 import json
+import textwrap
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -93,8 +94,8 @@ def _table(header: list[str], rows: list[list]) -> str:
 
 
 def plot_claims(claims: list[Claim], path: Path) -> None:
-    fig, ax = plt.subplots(figsize=(9, 3.8))
-    names = [c.name.split(" (")[0] + ("\n(" + c.name.split(" (")[1] if " (" in c.name else "") for c in claims]
+    fig, ax = plt.subplots(figsize=(10, 4.6))
+    names = [textwrap.fill(c.name, 22) for c in claims]
     xs = range(len(claims))
     ax.bar([x - 0.2 for x in xs], [100 * (c.clip or 0) for c in claims], 0.4, label="CLIP baseline", color="#8c8c8c")
     ax.bar([x + 0.2 for x in xs], [100 * (c.cloc or 0) for c in claims], 0.4, label="CLOC", color="#d95f02")
