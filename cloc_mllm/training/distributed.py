@@ -1,0 +1,107 @@
+"""Process group and device set-up from the launcher's environment (torchrun, deepspeed, or none).
+
+Both launchers export ``RANK`` / ``WORLD_SIZE`` / ``LOCAL_RANK`` / ``MASTER_ADDR`` / ``MASTER_PORT``;
+multi-node runs differ only in those values. CPU runs use gloo, GPU runs nccl.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class DistContext:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+    owns_group: bool = False  # this code created the process group, so it should destroy it
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def is_distributed(self) -> bool:
+        return dist.is_available() and dist.is_initialized()
+
+    def barrier(self) -> None:
+        if self.is_distributed:
+            dist.barrier()
+
+
+def select_device(preference: str, local_rank: int) -> torch.device:
+    """``auto``: this rank's GPU when there is one, else the CPU."""
+    if preference == "cuda" or (preference == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise RuntimeError("device='cuda' was asked for but torch sees no CUDA device")
+        torch.cuda.set_device(local_rank)
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu")
+
+
+def init_distributed(device_preference: str = "auto", deepspeed: bool = False) -> DistContext:
+    """Join the process group the launcher describes (a no-op for a plain single process).
+
+    DeepSpeed always needs a process group, so a single un-launched DeepSpeed process gets a
+    one-member group on localhost.
+    """
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = select_device(device_preference, local_rank)
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    if dist.is_available() and dist.is_initialized():  # the caller set it up (e.g. a notebook or a job)
+        return DistContext(dist.get_rank(), dist.get_world_size(), local_rank, device)
+    if deepspeed:
+        for key, value in (("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0")):
+            os.environ.setdefault(key, value)
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", "29500")
+        import deepspeed as ds
+
+        ds.init_distributed(dist_backend=backend, verbose=False)
+        return DistContext(dist.get_rank(), dist.get_world_size(), local_rank, device, owns_group=True)
+    if world_size > 1:
+        dist.init_process_group(backend=backend)
+        return DistContext(rank, world_size, local_rank, device, owns_group=True)
+    return DistContext(rank, world_size, local_rank, device)
+
+
+def shutdown(ctx: DistContext) -> None:
+    """Destroy the process group if ``init_distributed`` created it."""
+    if ctx.owns_group and dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """bf16 where asked for, or (``auto``) where the GPU supports it; None = full fp32."""
+    if precision == "bf16":
+        return torch.bfloat16
+    if precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return None
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum over ranks in place (identity on one process); returns the tensor."""
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(tensor)
+    return tensor
+
+
+def sum_counters(counter: Counter) -> Counter:
+    """Every rank's counter added up (each rank gets the total)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return Counter(counter)
+    parts: list = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, dict(counter))
+    total: Counter = Counter()
+    for part in parts:
+        total.update(part)
+    return total
