@@ -1,0 +1,284 @@
+"""Assemble a LLaVA model + processor from any CLIP-format vision tower and any causal language model.
+
+The output is transformers' own ``LlavaForConditionalGeneration`` / ``LlavaProcessor`` whenever the
+projector allows it (``linear``, ``mlp2x_gelu``), so checkpoints load without this package. The number
+of image tokens comes from the tower's config (patches, CLS, select strategy), never from a name.
+Images are resized to the tower's square input without centre-cropping (or padded to square first),
+because a crop would cut referred objects out of grounding data.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from transformers import (
+    AutoConfig,
+    AutoImageProcessor,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    CLIPImageProcessor,
+    CLIPVisionModel,
+    LlavaConfig,
+    LlavaForConditionalGeneration,
+    LlavaImageProcessor,
+    LlavaProcessor,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
+
+from cloc_mllm.mllm.projector import (
+    MLPProjector,
+    is_plain_llava_projector,
+    llava_projector_act,
+    pin_linear_projector,
+    projector_depth,
+)
+from cloc_mllm.mllm.templates import IMAGE_TOKEN, REGION_TOKEN, resolve_chat_template
+
+BUILD_ARGS_FILE = "mllm_build_args.json"
+_SELECT_STRATEGY = {"patch": "default", "cls_patch": "full"}
+
+
+@dataclass
+class LlavaBuildArgs:
+    """Everything that decides the untrained model; saved next to adapters so bases can be rebuilt."""
+
+    vision_tower: str = field(metadata={"help": "CLIP-format vision tower dir (exported CLOC/HF CLIP)"})
+    language_model: str = field(metadata={"help": "causal LM id or dir"})
+    mm_projector_type: str = field(default="mlp2x_gelu", metadata={"help": "linear | mlp<N>x_gelu"})
+    mm_vision_select_layer: int = field(default=-2, metadata={"help": "tower layer fed to the projector"})
+    mm_vision_select_feature: str = field(default="patch", metadata={"help": "patch | cls_patch"})
+    conversation_template: str = field(default="vicuna_v1", metadata={"help": "vicuna_v1 | tokenizer"})
+    image_aspect_ratio: str = field(default="resize", metadata={"help": "resize | pad (pad to square)"})
+    model_max_length: int = field(default=2048, metadata={"help": "tokens per sequence, images included"})
+    region_prompts: bool = field(
+        default=False, metadata={"help": "Ferret*: <region> tokens via the Prompter"}
+    )
+
+    def save(self, out_dir: str | Path) -> None:
+        path = Path(out_dir) / BUILD_ARGS_FILE
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(dataclasses.asdict(self), indent=2))
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, out_dir: str | Path) -> LlavaBuildArgs:
+        return cls(**json.loads((Path(out_dir) / BUILD_ARGS_FILE).read_text()))
+
+
+def load_vision_tower(path: str, dtype: torch.dtype | None = None) -> CLIPVisionModel:
+    """The CLIP vision encoder inside ``path``: an exported tower, a full HF CLIP model or a CLOC model."""
+    model_type = AutoConfig.from_pretrained(path).model_type
+    if model_type == "cloc":
+        return load_cloc_model(path, dtype).vision_model
+    if model_type not in ("clip", "clip_vision_model"):
+        raise ValueError(f"{path}: vision tower must be a CLIP-format model, got model_type {model_type!r}")
+    return CLIPVisionModel.from_pretrained(path, dtype=dtype)
+
+
+def make_image_processor(tower_path: str, image_size: int, image_aspect_ratio: str) -> CLIPImageProcessor:
+    """The tower's normalisation with a crop-free square resize (``pad``: pad to square first)."""
+    try:
+        source = AutoImageProcessor.from_pretrained(tower_path)
+        stats = {"image_mean": source.image_mean, "image_std": source.image_std, "resample": source.resample}
+    except OSError:  # towers saved without a preprocessor config use CLIP's defaults
+        stats = {}
+    square = {"size": {"height": image_size, "width": image_size}, "do_center_crop": False, **stats}
+    if image_aspect_ratio == "resize":
+        return CLIPImageProcessor(**square)
+    if image_aspect_ratio == "pad":
+        return LlavaImageProcessor(do_pad=True, **square)
+    raise ValueError(f"image_aspect_ratio must be 'resize' or 'pad', got {image_aspect_ratio!r}")
+
+
+def num_image_tokens(vision_config, select_feature: str = "patch") -> int:
+    """Image tokens per image: patches, plus the CLS token for ``cls_patch``."""
+    patches = (vision_config.image_size // vision_config.patch_size) ** 2
+    return patches + (1 if select_feature == "cls_patch" else 0)
+
+
+def prepare_tokenizer(
+    tokenizer: PreTrainedTokenizerBase,
+    conversation_template: str,
+    model_max_length: int,
+    region_prompts: bool,
+) -> PreTrainedTokenizerBase:
+    """Add ``<image>`` (and ``<region>``) as special tokens, a pad token when missing, the chat template."""
+    new_tokens = [IMAGE_TOKEN] + ([REGION_TOKEN] if region_prompts else [])
+    tokenizer.add_tokens([t for t in new_tokens if t not in tokenizer.get_vocab()], special_tokens=True)
+    if tokenizer.pad_token is None:
+        if tokenizer.unk_token is not None:
+            tokenizer.pad_token = tokenizer.unk_token
+        else:
+            tokenizer.add_special_tokens({"pad_token": "<pad>"})
+    tokenizer.chat_template = resolve_chat_template(conversation_template, tokenizer)
+    tokenizer.model_max_length = model_max_length
+    return tokenizer
+
+
+def resize_embeddings_deterministically(model: PreTrainedModel, vocab_size: int) -> None:
+    """Grow embeddings to ``vocab_size``; new rows = mean of the old ones (rebuildable for LoRA merges).
+
+    Never shrinks: many LLMs keep spare rows beyond their tokenizer, which the new tokens then use.
+    """
+    old = model.get_input_embeddings().weight.shape[0]
+    if vocab_size <= old:
+        return
+    model.resize_token_embeddings(vocab_size, mean_resizing=False)
+    with torch.no_grad():
+        for emb in {
+            id(m.weight): m.weight
+            for m in (model.get_input_embeddings(), model.get_output_embeddings())
+            if m is not None
+        }.values():
+            emb[old:] = emb[:old].mean(dim=0, keepdim=True)
+
+
+def build_processor(
+    args: LlavaBuildArgs, tokenizer: PreTrainedTokenizerBase, vision_config
+) -> LlavaProcessor:
+    """``LlavaProcessor`` whose image-token count matches the tower config."""
+    return LlavaProcessor(
+        image_processor=make_image_processor(
+            args.vision_tower, vision_config.image_size, args.image_aspect_ratio
+        ),
+        tokenizer=tokenizer,
+        patch_size=vision_config.patch_size,
+        vision_feature_select_strategy=_SELECT_STRATEGY[args.mm_vision_select_feature],
+        num_additional_image_tokens=1,
+        chat_template=tokenizer.chat_template,
+    )
+
+
+def llava_config(
+    args: LlavaBuildArgs, vision_config, text_config, tokenizer: PreTrainedTokenizerBase, cloc_config=None
+) -> LlavaConfig:
+    """Plain ``LlavaConfig`` when possible, else ``ClocLlavaConfig`` (deep projector / region prompts)."""
+    if args.mm_vision_select_feature not in _SELECT_STRATEGY:
+        raise ValueError(f"mm_vision_select_feature must be one of {list(_SELECT_STRATEGY)}")
+    common = dict(
+        vision_config=vision_config,
+        text_config=text_config,
+        image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
+        image_seq_length=num_image_tokens(vision_config, args.mm_vision_select_feature),
+        vision_feature_layer=args.mm_vision_select_layer,
+        vision_feature_select_strategy=_SELECT_STRATEGY[args.mm_vision_select_feature],
+        projector_hidden_act=llava_projector_act(args.mm_projector_type),
+        tie_word_embeddings=text_config.tie_word_embeddings,
+    )
+    if is_plain_llava_projector(args.mm_projector_type) and not args.region_prompts:
+        return LlavaConfig(**common)
+    from cloc_mllm.mllm.modeling_cloc_llava import ClocLlavaConfig
+
+    if not args.region_prompts:
+        return ClocLlavaConfig(mm_projector_type=args.mm_projector_type, **common)
+    return ClocLlavaConfig(
+        mm_projector_type=args.mm_projector_type,
+        region_prompts=True,
+        prompter_config=cloc_config.prompter_config.to_diff_dict(),
+        region_embed_dim=cloc_config.projection_dim,
+        region_token_id=tokenizer.convert_tokens_to_ids(REGION_TOKEN),
+        **common,
+    )
+
+
+def model_class_for(config: LlavaConfig) -> type[LlavaForConditionalGeneration]:
+    if config.model_type == "llava":
+        return LlavaForConditionalGeneration
+    from cloc_mllm.mllm.modeling_cloc_llava import ClocLlavaForConditionalGeneration
+
+    return ClocLlavaForConditionalGeneration
+
+
+def build_llava(
+    args: LlavaBuildArgs,
+    dtype: torch.dtype | None = None,
+    quantization_config=None,
+) -> tuple[LlavaForConditionalGeneration, LlavaProcessor]:
+    """A ready-to-train LLaVA: pretrained tower + pretrained LLM + a freshly initialised projector.
+
+    Region prompts need the whole CLOC checkpoint as ``vision_tower`` (its Prompter comes along).
+    """
+    tokenizer = AutoTokenizer.from_pretrained(args.language_model)
+    cloc = load_cloc_model(args.vision_tower, dtype) if args.region_prompts else None
+    tower = cloc.vision_model if cloc is not None else load_vision_tower(args.vision_tower, dtype=dtype)
+    llm = AutoModelForCausalLM.from_pretrained(
+        args.language_model, dtype=dtype, quantization_config=quantization_config
+    )
+    return assemble_llava(args, tower, llm, tokenizer, cloc)
+
+
+def load_cloc_model(path: str, dtype: torch.dtype | None = None):
+    """A CLOC checkpoint, or a clear error when ``path`` is a bare tower (it has no Prompter)."""
+    model_type = AutoConfig.from_pretrained(path).model_type
+    if model_type != "cloc":
+        raise ValueError(
+            f"{path}: region prompts need a CLOC checkpoint (with its Prompter), got {model_type!r}"
+        )
+    from cloc_mllm import CLOCModel
+
+    return CLOCModel.from_pretrained(path, dtype=dtype)
+
+
+def assemble_llava(
+    args: LlavaBuildArgs,
+    tower: PreTrainedModel,
+    llm: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    cloc: PreTrainedModel | None = None,
+) -> tuple[LlavaForConditionalGeneration, LlavaProcessor]:
+    """Put a loaded tower and causal LM (and a CLOC Prompter) into one Llava with fresh projectors.
+
+    Modules are moved in, not copied, so a 7B model needs its memory once.
+    """
+    tokenizer = prepare_tokenizer(
+        tokenizer, args.conversation_template, args.model_max_length, args.region_prompts
+    )
+    resize_embeddings_deterministically(llm, len(tokenizer))
+    config = llava_config(
+        args, tower.config, llm.config, tokenizer, cloc.config if cloc is not None else None
+    )
+    with torch.device("meta"):
+        model = model_class_for(config)(config)
+    model.model.vision_tower = tower
+    model.model.language_model = llm.get_decoder()
+    model.lm_head = llm.get_output_embeddings()
+    dtype = llm.get_input_embeddings().weight.dtype
+    model.model.multi_modal_projector = _fresh_projector(config, args.mm_projector_type).to(dtype)
+    if args.region_prompts:
+        from cloc_mllm.mllm.modeling_cloc_llava import make_region_encoder
+
+        model.model.region_encoder = make_region_encoder(config).to(dtype)
+        model.model.region_encoder.prompter.load_state_dict(cloc.prompter.state_dict())
+    for attr in ("hf_quantizer", "is_loaded_in_4bit", "is_loaded_in_8bit", "quantization_method"):
+        if hasattr(llm, attr):  # lets peft prepare the quantised LLM inside the wrapper
+            setattr(model, attr, getattr(llm, attr))
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    _assert_materialised(model)
+    return model, build_processor(args, tokenizer, tower.config)
+
+
+def _fresh_projector(config: LlavaConfig, projector_type: str) -> torch.nn.Module:
+    if is_plain_llava_projector(projector_type):
+        projector = LlavaMultiModalProjector(config)
+        if projector_depth(projector_type) == 1:
+            pin_linear_projector(projector)
+        return projector
+    return MLPProjector(
+        config.vision_config.hidden_size,
+        config.text_config.hidden_size,
+        projector_depth(projector_type),
+        bias=config.multimodal_projector_bias,
+    )
+
+
+def _assert_materialised(model: torch.nn.Module) -> None:
+    meta = [name for name, p in model.named_parameters() if p.is_meta]
+    if meta:
+        raise RuntimeError(f"parameters left uninitialised while assembling LLaVA: {meta[:5]}")

@@ -1,0 +1,192 @@
+"""RefCOCO/RefCOCO+/RefCOCOg (refer layout) and Flickr30k Entities -> LLaVA instruction json.
+
+Two kinds of turns, boxes in Ferret's 0-999 text (``box_text.format_box``), relative to the original
+image: **grounding** ("Where is the man on the left?" -> "[x1, y1, x2, y2]") and **referring** ("What is
+in [x1, y1, x2, y2]?" -> the expression). With ``region_token`` a referring question also carries a
+``<region>`` placeholder after the box and the record lists that box under ``"regions"`` (Ferret*).
+Turns about one image are grouped into conversations of up to ``turns_per_record`` so the image is
+encoded once for several answers.
+
+    python -m cloc_mllm.mllm.instruct_builders refer DATA_ROOT --dataset refcoco --split train --out x.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image
+
+from cloc_mllm.data.flickr30k import FlickrPhrase, load_flickr30k_entities
+from cloc_mllm.data.refer import RefRecord, load_refer
+from cloc_mllm.mllm.box_text import format_box
+from cloc_mllm.mllm.templates import IMAGE_TOKEN, REGION_TOKEN
+
+GROUNDING_QUESTIONS = ("Where is {}?", "Give the box of {}.", "Locate {} in the image.")
+REFERRING_QUESTIONS = ("What is in {}?", "What object is at {}?")
+KINDS = ("grounding", "referring")
+
+Box = tuple[float, float, float, float]
+
+
+def grounding_prompt(expression: str) -> str:
+    """The grounding question used for evaluation: the first training template."""
+    return GROUNDING_QUESTIONS[0].format(expression)
+
+
+def referring_prompt(box: Box, region_token: bool = False) -> str:
+    """The referring question used for evaluation: the first training template."""
+    return REFERRING_QUESTIONS[0].format(_box_mention(box, region_token))
+
+
+@dataclass(frozen=True)
+class Fact:
+    """One thing to ask about: an expression and its boxes (normalised xyxy) in one image."""
+
+    image: str
+    expression: str
+    boxes: tuple[Box, ...]
+
+
+def _box_mention(box: Box, region_token: bool) -> str:
+    return f"{format_box(box)} {REGION_TOKEN}" if region_token else format_box(box)
+
+
+def _mid_sentence(expression: str) -> str:
+    """Lower-case a capital that only marks a sentence start ("The dog" -> "the dog", not "TV")."""
+    if expression[:1].isupper() and not expression[1:2].isupper():
+        return expression[0].lower() + expression[1:]
+    return expression
+
+
+def _normalised(box: Sequence[float], width: int, height: int) -> Box:
+    x1, y1, x2, y2 = box
+    return (x1 / width, y1 / height, x2 / width, y2 / height)
+
+
+def _image_size(path: str, width: int, height: int) -> tuple[int, int]:
+    """The annotation's size, or the image file's when the annotation has none."""
+    if width > 0 and height > 0:
+        return width, height
+    with Image.open(path) as image:
+        return image.size
+
+
+def refer_facts(records: Sequence[RefRecord]) -> list[Fact]:
+    """One fact per (referred object, expression)."""
+    facts = []
+    for rec in records:
+        box = _normalised(rec.box, *_image_size(rec.image_path, rec.width, rec.height))
+        facts += [Fact(rec.image_path, sentence, (box,)) for sentence in rec.sentences]
+    return facts
+
+
+def flickr_facts(records: Sequence[FlickrPhrase]) -> list[Fact]:
+    """One fact per (sentence, phrase); a phrase may have several boxes (all are answered)."""
+    facts = []
+    for rec in records:
+        size = _image_size(rec.image_path, rec.width, rec.height)
+        facts.append(Fact(rec.image_path, rec.phrase, tuple(_normalised(b, *size) for b in rec.boxes)))
+    return facts
+
+
+def _turn(fact: Fact, kind: str, rng: random.Random, region_token: bool) -> tuple[str, str, list[Box]]:
+    """(question, answer, boxes referred to by <region> placeholders in the question)."""
+    if kind == "grounding":
+        question = rng.choice(GROUNDING_QUESTIONS).format(_mid_sentence(fact.expression))
+        return question, ", ".join(format_box(b) for b in fact.boxes), []
+    box = fact.boxes[0]
+    question = rng.choice(REFERRING_QUESTIONS).format(_box_mention(box, region_token))
+    return question, fact.expression, [box] if region_token else []
+
+
+def facts_to_conversations(
+    facts: Sequence[Fact],
+    name: str,
+    kinds: Sequence[str] = KINDS,
+    turns_per_record: int = 3,
+    region_token: bool = False,
+    image_root: str | Path | None = None,
+    seed: int = 0,
+) -> list[dict]:
+    """LLaVA records: the facts of each image, shuffled, ``turns_per_record`` per conversation.
+
+    Each turn's kind is drawn from ``kinds``. ``image`` is relative to ``image_root`` when given.
+    """
+    unknown = set(kinds) - set(KINDS)
+    if unknown or not kinds:
+        raise ValueError(f"kinds must be some of {KINDS}, got {list(kinds)}")
+    rng = random.Random(seed)
+    by_image: dict[str, list[Fact]] = defaultdict(list)
+    for fact in facts:
+        by_image[fact.image].append(fact)
+    records = []
+    for image, image_facts in by_image.items():
+        rng.shuffle(image_facts)
+        path = os.path.relpath(image, image_root) if image_root else str(Path(image).resolve())
+        for start in range(0, len(image_facts), turns_per_record):
+            turns, regions = [], []
+            for fact in image_facts[start : start + turns_per_record]:
+                question, answer, referred = _turn(fact, rng.choice(list(kinds)), rng, region_token)
+                prefix = f"{IMAGE_TOKEN}\n" if not turns else ""
+                turns += [{"from": "human", "value": prefix + question}, {"from": "gpt", "value": answer}]
+                regions += [list(b) for b in referred]
+            record = {"id": f"{name}-{Path(image).stem}-{start // turns_per_record}", "image": path}
+            record["conversations"] = turns
+            if regions:
+                record["regions"] = regions
+            records.append(record)
+    return records
+
+
+def write_records(records: list[dict], out_path: str | Path) -> None:
+    """The json list, written atomically."""
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(records))
+    os.replace(tmp, out_path)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("source", choices=["refer", "flickr30k"])
+    parser.add_argument("root", help="refer DATA root, or the Flickr30k Entities root")
+    parser.add_argument("--dataset", default="refcoco", help="refcoco | refcoco+ | refcocog (refer only)")
+    parser.add_argument("--split_by", default="unc", help="unc | umd | google (refer only)")
+    parser.add_argument("--split", default="train")
+    parser.add_argument("--image_dir", default=None, help="images, when not in the layout's default place")
+    parser.add_argument("--kinds", default="grounding,referring")
+    parser.add_argument("--turns_per_record", type=int, default=3)
+    parser.add_argument("--region_token", action="store_true", help="add <region> after referred boxes")
+    parser.add_argument("--image_root", default=None, help="write image paths relative to this dir")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args(argv)
+    if args.source == "refer":
+        facts = refer_facts(load_refer(args.root, args.dataset, args.split_by, args.split, args.image_dir))
+        name = f"{args.dataset}-{args.split}"
+    else:
+        facts = flickr_facts(load_flickr30k_entities(args.root, args.split, args.image_dir))
+        name = f"flickr30k-{args.split}"
+    records = facts_to_conversations(
+        facts,
+        name,
+        args.kinds.split(","),
+        args.turns_per_record,
+        args.region_token,
+        args.image_root,
+        args.seed,
+    )
+    write_records(records, args.out)
+    print(f"{args.out}: {len(records)} conversations, {len(facts)} facts")
+
+
+if __name__ == "__main__":
+    main()

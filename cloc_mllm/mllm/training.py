@@ -1,0 +1,296 @@
+"""LLaVA-1.5 finetuning with the HF Trainer (plain python or DeepSpeed), argument names as in LLaVA.
+
+Stage 1 (``--tune_mm_mlp_adapter``): tower and LLM frozen, only the projector trains and only the
+projector is saved (``mm_projector.safetensors``). Stage 2 (``--pretrain_mm_mlp_adapter``): starts from
+that projector and tunes the LLM fully or with LoRA / QLoRA (``--lora_enable``, ``--bits 4``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import transformers
+from safetensors.torch import load_file, save_file
+from transformers import Trainer
+from transformers.integrations.deepspeed import (
+    is_deepspeed_zero3_enabled,
+    set_hf_deepspeed_config,
+    unset_hf_deepspeed_config,
+)
+
+from cloc_mllm.mllm.builder import LlavaBuildArgs, build_llava
+from cloc_mllm.mllm.data import LazySupervisedDataset, SupervisedCollator
+from cloc_mllm.mllm.lora import PROJECTOR, apply_lora, quantization_config
+from cloc_mllm.mllm.modeling_cloc_llava import region_features_trainable
+from cloc_mllm.mllm.projector import projector_depth
+from cloc_mllm.mllm.sampler import ModalityLengthGroupedSampler
+
+logger = logging.getLogger(__name__)
+PROJECTOR_FILE = "mm_projector.safetensors"
+STAGE1_MODULES = (PROJECTOR, "region_encoder.projector")  # what stage 1 trains and saves
+SUMMARY_FILE = "train_summary.json"
+
+
+@dataclass
+class ModelArguments:
+    model_name_or_path: str = field(metadata={"help": "causal language model (hub id or dir)"})
+    vision_tower: str = field(metadata={"help": "CLIP-format tower dir: exported CLOC tower or HF CLIP"})
+    version: str = field(
+        default="vicuna_v1", metadata={"help": "conversation template: vicuna_v1 | tokenizer"}
+    )
+    mm_projector_type: str = field(default="mlp2x_gelu", metadata={"help": "linear | mlp<N>x_gelu"})
+    mm_vision_select_layer: int = field(default=-2, metadata={"help": "tower layer fed to the projector"})
+    mm_vision_select_feature: str = field(default="patch", metadata={"help": "patch | cls_patch"})
+    tune_mm_mlp_adapter: bool = field(
+        default=False, metadata={"help": "stage 1: train and save the projector only"}
+    )
+    pretrain_mm_mlp_adapter: str | None = field(
+        default=None, metadata={"help": "stage-1 projector file or dir"}
+    )
+    freeze_vision_tower: bool = field(default=True, metadata={"help": "keep the vision tower frozen"})
+    freeze_backbone: bool = field(default=False, metadata={"help": "keep the language model frozen"})
+    region_prompts: bool = field(
+        default=False, metadata={"help": "Ferret*: <region> tokens via the Prompter"}
+    )
+
+
+@dataclass
+class DataArguments:
+    data_path: str = field(metadata={"help": "LLaVA conversation json"})
+    image_folder: str | None = field(default=None, metadata={"help": "root of the records' image paths"})
+    image_aspect_ratio: str = field(
+        default="resize", metadata={"help": "resize | pad (to square, then resize)"}
+    )
+    skip_bad_records: bool = field(default=False, metadata={"help": "skip and count malformed records"})
+    check_box_text: bool = field(
+        default=True, metadata={"help": "bracketed number lists must be 0-999 boxes"}
+    )
+
+
+@dataclass
+class TrainingArguments(transformers.TrainingArguments):
+    model_max_length: int = field(
+        default=2048, metadata={"help": "tokens per sequence, image tokens included"}
+    )
+    group_by_modality_length: bool = field(
+        default=False, metadata={"help": "same-modality, similar-length batches"}
+    )
+    lora_enable: bool = field(default=False, metadata={"help": "LoRA on the language model"})
+    lora_r: int = field(default=64, metadata={"help": "LoRA rank"})
+    lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha"})
+    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout"})
+    lora_bias: str = field(default="none", metadata={"help": "none | all | lora_only"})
+    bits: int = field(default=16, metadata={"help": "4 / 8: QLoRA with a bitsandbytes-quantised LLM"})
+    quant_type: str = field(default="nf4", metadata={"help": "4-bit type: nf4 | fp4"})
+    double_quant: bool = field(default=True, metadata={"help": "quantise the 4-bit quantisation constants"})
+    remove_unused_columns: bool = field(default=False, metadata={"help": "keep pixel_values in batches"})
+
+
+def build_args_from(model_args: ModelArguments, data_args: DataArguments, training_args: TrainingArguments):
+    return LlavaBuildArgs(
+        vision_tower=model_args.vision_tower,
+        language_model=model_args.model_name_or_path,
+        mm_projector_type=model_args.mm_projector_type,
+        mm_vision_select_layer=model_args.mm_vision_select_layer,
+        mm_vision_select_feature=model_args.mm_vision_select_feature,
+        conversation_template=model_args.version,
+        image_aspect_ratio=data_args.image_aspect_ratio,
+        model_max_length=training_args.model_max_length,
+        region_prompts=model_args.region_prompts,
+    )
+
+
+def load_projector(model: transformers.PreTrainedModel, path: str | Path) -> None:
+    """Stage-1 weights (a ``mm_projector.safetensors`` file or the dir holding it) into the projectors."""
+    path = Path(path)
+    path = path / PROJECTOR_FILE if path.is_dir() else path
+    state = load_file(path)
+    try:
+        result = model.model.load_state_dict(state, strict=False)
+    except RuntimeError as err:
+        raise ValueError(f"{path}: projector weights do not fit this model ({err})") from err
+    needed = {f"{PROJECTOR}.{name}" for name, _ in getattr(model.model, PROJECTOR).named_parameters()}
+    if result.unexpected_keys or needed & set(result.missing_keys):
+        raise ValueError(f"{path}: projector weights do not fit this model ({result})")
+
+
+def save_projector(state_dict: dict[str, torch.Tensor], out_dir: str | Path) -> Path:
+    """Keep the projector (and region MLP) entries of a full state dict, keyed relative to the Llava
+    model (``multi_modal_projector.linear_1.weight``...), atomically."""
+    state = {}
+    for key, value in state_dict.items():
+        for prefix in STAGE1_MODULES:
+            if f"{prefix}." in key:
+                state[prefix + key.split(prefix, 1)[1]] = value.detach().cpu().contiguous()
+    if not state:
+        raise RuntimeError("no projector weights in the state dict")
+    path = Path(out_dir) / PROJECTOR_FILE
+    tmp = path.with_suffix(".tmp")
+    save_file(state, str(tmp), metadata={"format": "pt"})
+    os.replace(tmp, path)
+    return path
+
+
+def set_trainable(model: transformers.PreTrainedModel, model_args: ModelArguments) -> None:
+    """Freeze by stage: stage 1 trains only the projector; otherwise the flags decide."""
+    _requires_grad(model, not model_args.tune_mm_mlp_adapter)
+    if not model_args.tune_mm_mlp_adapter:
+        _requires_grad(model.model.vision_tower, not model_args.freeze_vision_tower)
+        _requires_grad(model.model.language_model, not model_args.freeze_backbone)
+        _requires_grad(model.lm_head, not model_args.freeze_backbone)
+    _requires_grad(getattr(model.model, PROJECTOR), True)
+    freeze_fixed_parts(model, model_args)
+
+
+def freeze_fixed_parts(model: torch.nn.Module, model_args: ModelArguments) -> None:
+    """Re-freeze what must not train even inside trainable modules (also after LoRA's copies):
+    a ``linear`` projector's identity layer, and the Prompter unless the tower trains."""
+    freeze_pinned_projector(model, model_args.mm_projector_type)
+    train_prompter = not (model_args.freeze_vision_tower or model_args.tune_mm_mlp_adapter)
+    region_features_trainable(model, train_prompter)
+
+
+def _requires_grad(module: torch.nn.Module, flag: bool) -> None:
+    """``requires_grad_`` for floating-point parameters only (4/8-bit weights cannot have gradients)."""
+    for param in module.parameters():
+        if param.is_floating_point():
+            param.requires_grad_(flag)
+
+
+def freeze_pinned_projector(model: torch.nn.Module, projector_type: str) -> None:
+    """A ``linear`` projector's second layer is a fixed identity: keep it out of every optimizer."""
+    if projector_depth(projector_type) == 1:
+        for name, param in model.named_parameters():
+            if f"{PROJECTOR}." in name and ".linear_2." in name:
+                param.requires_grad_(False)
+
+
+class LlavaTrainer(Trainer):
+    """Trainer + modality-grouped sampling + projector-only saving in stage 1."""
+
+    def __init__(
+        self, *args, projector_only: bool = False, modality_lengths: list[int] | None = None, **kwargs
+    ):
+        super().__init__(*args, **kwargs)
+        self.projector_only = projector_only
+        self.modality_lengths = modality_lengths
+
+    def _get_train_sampler(self, train_dataset=None):
+        if self.modality_lengths is None:
+            return super()._get_train_sampler(train_dataset)
+        group = self.args.train_batch_size * self.args.world_size * self.args.gradient_accumulation_steps
+        return ModalityLengthGroupedSampler(self.modality_lengths, group, seed=self.args.seed)
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        if not self.projector_only:
+            return super()._save(output_dir, state_dict)
+        if self.args.should_save:
+            os.makedirs(output_dir or self.args.output_dir, exist_ok=True)
+            save_projector(
+                state_dict if state_dict is not None else self.model.state_dict(),
+                output_dir or self.args.output_dir,
+            )
+
+
+def train(model_args: ModelArguments, data_args: DataArguments, training_args: TrainingArguments) -> dict:
+    """Build, train, save; returns the train metrics (with ``train_tokens_per_second``, image tokens
+    included). Like LLaVA, resumes from the newest ``checkpoint-*`` already in ``output_dir``."""
+    if training_args.deepspeed and int(os.environ.get("WORLD_SIZE", "1")) > training_args.world_size:
+        raise ValueError("the launcher started several ranks but they cannot see each other: add --use_cpu")
+    if training_args.include_num_input_tokens_seen in (False, "no"):
+        training_args.include_num_input_tokens_seen = "non_padding"
+    dtype = torch.bfloat16 if training_args.bf16 else torch.float16 if training_args.fp16 else torch.float32
+    quant = quantization_config(
+        training_args.bits, training_args.quant_type, training_args.double_quant, dtype
+    )
+    if quant is not None and not training_args.lora_enable:
+        raise ValueError("--bits 4/8 trains adapters only: add --lora_enable")
+    build_args = build_args_from(model_args, data_args, training_args)
+    with _whole_model_loading(training_args):
+        model, processor = build_llava(build_args, dtype=dtype, quantization_config=quant)
+    if model_args.pretrain_mm_mlp_adapter:
+        load_projector(model, model_args.pretrain_mm_mlp_adapter)
+    set_trainable(model, model_args)
+    if training_args.gradient_checkpointing:
+        model.enable_input_require_grads()
+    if training_args.lora_enable:
+        model = apply_lora(
+            model,
+            training_args.lora_r,
+            training_args.lora_alpha,
+            training_args.lora_dropout,
+            training_args.lora_bias,
+            train_vision_tower=not model_args.freeze_vision_tower,
+            quantized=quant is not None,
+            gradient_checkpointing=training_args.gradient_checkpointing,
+            train_region_encoder=model_args.region_prompts,
+        )
+        freeze_fixed_parts(model, model_args)
+
+    dataset = LazySupervisedDataset(
+        data_args.data_path,
+        data_args.image_folder,
+        processor,
+        num_image_tokens=model.config.image_seq_length,
+        skip_bad_records=data_args.skip_bad_records,
+        check_boxes=data_args.check_box_text,
+    )
+    logger.info("data: %s", dataset.stats.as_dict())
+    trainer = LlavaTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=dataset,
+        data_collator=SupervisedCollator(processor.tokenizer.pad_token_id),
+        processing_class=processor,
+        projector_only=model_args.tune_mm_mlp_adapter,
+        modality_lengths=dataset.modality_lengths if training_args.group_by_modality_length else None,
+    )
+    resume = any(Path(training_args.output_dir).glob("checkpoint-*"))
+    result = trainer.train(resume_from_checkpoint=resume or None)
+    trainer.save_model(training_args.output_dir)
+    metrics = dict(result.metrics)
+    metrics["train_tokens_per_second"] = trainer.state.num_input_tokens_seen / max(
+        metrics["train_runtime"], 1e-9
+    )
+    if training_args.should_save:
+        out = Path(training_args.output_dir)
+        build_args.save(out)
+        summary = {
+            "data": dataset.stats.as_dict(),
+            "train": metrics,
+            "log_history": trainer.state.log_history,
+        }
+        _write_json(out / SUMMARY_FILE, summary)
+    trainer.log_metrics("train", metrics)
+    return metrics
+
+
+@contextmanager
+def _whole_model_loading(training_args: TrainingArguments) -> Iterator[None]:
+    """Load the tower and the LLM whole, even under ZeRO-3.
+
+    The LLaVA is assembled from two pretrained models, which ZeRO-3's load-time partitioning
+    (``zero.Init``) cannot do; DeepSpeed partitions the assembled model when its engine starts instead.
+    The price is one full copy of the model in host memory per rank while building.
+    """
+    if not is_deepspeed_zero3_enabled():
+        yield
+        return
+    unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        set_hf_deepspeed_config(training_args.hf_deepspeed_config)
+
+
+def _write_json(path: Path, payload: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(payload, indent=2))
+    os.replace(tmp, path)

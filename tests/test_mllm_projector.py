@@ -1,0 +1,41 @@
+import pytest
+import torch
+from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
+from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
+
+from cloc_mllm.mllm.projector import (
+    MLPProjector,
+    is_plain_llava_projector,
+    llava_projector_act,
+    pin_linear_projector,
+    projector_depth,
+)
+
+
+def test_depth_by_llava_names():
+    assert [projector_depth(n) for n in ("linear", "mlp1x_gelu", "mlp2x_gelu", "mlp3x_gelu")] == [1, 1, 2, 3]
+    assert is_plain_llava_projector("linear") and is_plain_llava_projector("mlp2x_gelu")
+    assert not is_plain_llava_projector("mlp3x_gelu")
+    for bad in ("mlp2x_relu", "identity", "mlp0x_gelu"):
+        with pytest.raises(ValueError, match="unknown mm_projector_type"):
+            projector_depth(bad)
+
+
+def test_pinned_llava_projector_is_one_linear_layer():
+    config = LlavaConfig(
+        vision_config=CLIPVisionConfig(hidden_size=8, num_attention_heads=2),
+        text_config=LlamaConfig(hidden_size=16, num_attention_heads=2, num_key_value_heads=1),
+        projector_hidden_act=llava_projector_act("linear"),
+    )
+    projector = LlavaMultiModalProjector(config)
+    pin_linear_projector(projector)
+    x = torch.randn(3, 5, 8)
+    expected = x @ projector.linear_1.weight.T + projector.linear_1.bias
+    assert torch.allclose(projector(x), expected, atol=1e-6)
+    assert not projector.linear_2.weight.requires_grad and projector.linear_1.weight.requires_grad
+
+
+def test_mlp_projector_layers():
+    projector = MLPProjector(8, 16, depth=3)
+    linears = [m for m in projector.layers if isinstance(m, torch.nn.Linear)]
+    assert len(linears) == 3 and projector(torch.randn(2, 4, 8)).shape == (2, 4, 16)
