@@ -83,7 +83,7 @@ def test_tiny_cloc_learns_region_text_retrieval():
             batch = collate(chunk)
             regions = model.get_region_features(batch["pixel_values"], batch["region_boxes"])
             sims = regions @ text.t()  # (b, M, P)
-            for b, (_, _, meta) in enumerate(chunk):
+            for b in range(len(chunk)):
                 # The collator samples regions in its own order: recover each slot's phrase from its tokens.
                 for m in range(int(batch["region_mask"][b].sum())):
                     ids = batch["region_input_ids"][b, m][batch["region_attention_mask"][b, m].bool()]

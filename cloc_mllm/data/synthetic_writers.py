@@ -20,6 +20,8 @@ from typing import Protocol
 
 import webdataset as wds
 
+from cloc_mllm.atomic_io import write_bytes_atomic
+
 from .synthetic_scene import Category, Scene
 from .synthetic_text import Mention, Segment
 
@@ -57,13 +59,6 @@ class FormatWriter(Protocol):
     def add(self, sample: WorldSample) -> None: ...
 
     def close(self) -> dict[str, int]: ...
-
-
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def write_json_atomic(path: Path, obj: object) -> None:

@@ -10,7 +10,7 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from cloc_mllm.data.synthetic_writers import write_bytes_atomic
+from cloc_mllm.atomic_io import write_bytes_atomic
 from cloc_mllm.eval.report import plot_bars, write_json
 
 _ENCODER_KEYS = {

@@ -19,7 +19,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from cloc_mllm.data.synthetic_writers import write_bytes_atomic  # noqa: E402
+from cloc_mllm.atomic_io import write_bytes_atomic  # noqa: E402
 from cloc_mllm.eval.benchmarks import GroundingItem  # noqa: E402
 from cloc_mllm.eval.inputs import open_image  # noqa: E402
 from cloc_mllm.eval.metrics import protocol_ious  # noqa: E402

@@ -29,9 +29,9 @@ from pathlib import Path
 import torch
 import transformers
 
+from cloc_mllm.atomic_io import write_bytes_atomic
 from cloc_mllm.data.coco import load_coco_captions, load_coco_detection
 from cloc_mllm.data.imagefolder import load_image_folder
-from cloc_mllm.data.synthetic_writers import write_bytes_atomic
 from cloc_mllm.eval import encoder, report
 from cloc_mllm.eval.benchmarks import GROUNDING_SPLITS, GroundingBenchmark, load_grounding_benchmarks
 from cloc_mllm.eval.fingerprint import data_fingerprints, files_digest, model_fingerprint

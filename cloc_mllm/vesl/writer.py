@@ -15,6 +15,8 @@ from pathlib import Path
 
 import webdataset as wds
 
+from cloc_mllm.atomic_io import write_bytes_atomic
+
 MANIFEST_SUFFIX = ".manifest.json"
 TOTAL_MANIFEST = "manifest.json"
 
@@ -34,10 +36,8 @@ def read_json(path: str | Path) -> dict:
 
 
 def write_json_atomic(path: str | Path, data: dict) -> None:
-    path = Path(path)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    """Manifests: indented, non-ASCII kept, written whole or not at all."""
+    write_bytes_atomic(path, (json.dumps(data, indent=1, ensure_ascii=False) + "\n").encode("utf-8"))
 
 
 def sample_json(caption: str, width: int, height: int, regions: list[dict], source: str) -> bytes:
