@@ -4,6 +4,7 @@
         --vision_tower TOWER --data_path data.json --image_folder images --output_dir out
 """
 
+import torch.distributed as dist
 from transformers import HfArgumentParser
 
 from cloc_mllm.mllm.training import DataArguments, ModelArguments, TrainingArguments, train
@@ -11,7 +12,14 @@ from cloc_mllm.mllm.training import DataArguments, ModelArguments, TrainingArgum
 
 def main() -> None:
     parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
-    train(*parser.parse_args_into_dataclasses())
+    try:
+        train(*parser.parse_args_into_dataclasses())
+    finally:
+        # Tear the process group down before interpreter exit: left alive, its communication threads
+        # are destroyed while still joinable and the rank aborts ("terminate called without an active
+        # exception") after a successful run, which the launcher reports as a failure.
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
 
 
 if __name__ == "__main__":
