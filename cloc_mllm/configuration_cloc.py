@@ -24,6 +24,7 @@ _CHOICES = {
 _PROMPTER_CHOICES = {
     "attention": ("cross", "full"),
     "box_attention_bias": ("none", "coverage"),
+    "grounding_attention_bias": ("none", "similarity"),
 }
 
 
@@ -51,6 +52,8 @@ class PrompterConfig(PreTrainedConfig):
     paper's literal layer: self-attention over [prompt; image] run per region, then pooled over all
     tokens (O(K·(P+N)²)). ``box_attention_bias="coverage"`` adds a learned bias favouring patches the box
     covers, a cheap prior that makes region embeddings local from the first step (see docs/architecture.md).
+    ``grounding_attention_bias="similarity"`` biases a text prompt's attention towards the patches whose
+    own region embedding matches the text, so grounding reuses what the region loss learns.
     """
 
     model_type: ClassVar[str] = "cloc_prompter"
@@ -65,6 +68,9 @@ class PrompterConfig(PreTrainedConfig):
     pe_max_frequency: float = 0.0  # 0 = twice the patch grid side (cycles per image)
     pe_add_to_values: bool = True
     grounding_hidden_size: int = 0  # 0 = hidden_size
+    grounding_attention_bias: str = "similarity"
+    box_content_token: bool = True
+    grounding_bias_init: float = 10.0
     layer_norm_eps: float = 1e-5
     initializer_range: float = 0.02
 
@@ -99,7 +105,7 @@ class CLOCConfig(PreTrainedConfig):
     loss_mode: str = "cloc"
     contrastive_loss: str = "infonce"
     region_head: str = "prompter"
-    grounding_loss: str = "l2"
+    grounding_loss: str = "giou"  # L1 + GIoU (DETR); "l2" is the plain regression
     region_loss_weight: float = 1.0
     grounding_loss_weight: float = 1.0
     text_similarity_threshold: float = 0.9

@@ -24,6 +24,7 @@ from .prompter import (
     PromptEncoder,
     Prompter,
     RoIAlignRegionHead,
+    patch_cell_boxes,
     patch_centres,
     roi_pool_tokens,
 )
@@ -69,8 +70,14 @@ class CLOCPreTrainedModel(PreTrainedModel):
             init.constant_(module.logit_scale, config.logit_scale_init_value)
             init.constant_(module.region_logit_scale, config.region_logit_scale_init_value)
             init.constant_(module.logit_bias, config.logit_bias_init_value)
-        elif isinstance(module, Prompter) and module.box_bias_scale is not None:
-            init.constant_(module.box_bias_scale, module.config.box_bias_init)
+        elif isinstance(module, Prompter):
+            if module.box_bias_scale is not None:
+                init.constant_(module.box_bias_scale, module.config.box_bias_init)
+            if module.grounding_bias_scale is not None:
+                init.constant_(module.grounding_bias_scale, module.config.grounding_bias_init)
+            if module.content_type_embedding is not None:
+                init.zeros_(module.content_type_embedding)
+            init.copy_(module.cell_boxes, patch_cell_boxes(module.grid_size))
         elif isinstance(module, PromptEncoder):
             init.zeros_(module.text_type_embedding)
             init.copy_(module.centres, patch_centres(module.grid_size))

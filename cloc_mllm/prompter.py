@@ -53,6 +53,12 @@ def patch_centres(grid_size: int) -> Tensor:
     return torch.stack([xs.flatten(), ys.flatten()], dim=-1)
 
 
+def patch_cell_boxes(grid_size: int) -> Tensor:
+    """(N, 4) normalised xyxy of every cell of a grid_size x grid_size patch grid, row-major."""
+    corners = patch_centres(grid_size) - 0.5 / grid_size
+    return torch.cat([corners, corners + 1.0 / grid_size], dim=-1)
+
+
 def box_patch_coverage(boxes: Tensor, grid_size: int) -> Tensor:
     """Fraction of each patch cell a box covers, rescaled so the best-covered cell is 1.
 
@@ -223,6 +229,13 @@ class Prompter(nn.Module):
             if config.box_attention_bias == "coverage"
             else None
         )
+        self.grounding_bias_scale = (
+            nn.Parameter(torch.tensor(float(config.grounding_bias_init)))
+            if config.grounding_attention_bias == "similarity"
+            else None
+        )
+        self.content_type_embedding = nn.Parameter(torch.zeros(width)) if config.box_content_token else None
+        self.register_buffer("cell_boxes", patch_cell_boxes(grid_size), persistent=False)
         self.region_norm = nn.LayerNorm(width, eps=config.layer_norm_eps)
         self.region_projection = nn.Linear(width, projection_dim, bias=False)
         hidden = config.grounding_hidden_size or width
@@ -237,9 +250,21 @@ class Prompter(nn.Module):
         coverage = box_patch_coverage(boxes.float(), self.grid_size).to(boxes.dtype)
         return self.box_bias_scale.abs() * (coverage - 1.0)  # (B, K, N): 0 inside, negative outside
 
+    def _content_token(self, image_tokens: Tensor, boxes: Tensor) -> Tensor:
+        """(B, K, 1, C): the coverage-weighted mean of the image tokens under each box, typed.
+
+        Corner queries locate the box; this token starts from what is inside it, so the region
+        embedding integrates the whole object instead of the patches nearest the corners.
+        """
+        coverage = box_patch_coverage(boxes.float(), self.grid_size)  # (B, K, N)
+        weights = (coverage / coverage.sum(-1, keepdim=True)).to(image_tokens.dtype)
+        return (weights @ image_tokens + self.content_type_embedding)[:, :, None]
+
     def encode_boxes(self, image_tokens: Tensor, boxes: Tensor) -> Tensor:
         """image_tokens (B, N, C) patch tokens, boxes (B, K, 4) normalised xyxy -> (B, K, D), not normalised."""
         prompts = self.prompt_encoder.box_tokens(boxes.to(image_tokens.dtype))  # (B, K, 2, C)
+        if self.content_type_embedding is not None:
+            prompts = torch.cat([prompts, self._content_token(image_tokens, boxes)], dim=2)  # (B, K, 3, C)
         image_pe = self.prompt_encoder.image_positions().to(image_tokens.dtype)
         bias = self._box_bias(boxes.to(image_tokens.dtype))
         if self.config.attention == "full":
@@ -248,17 +273,33 @@ class Prompter(nn.Module):
             pooled = self.layer(prompts, image_tokens, image_pe, bias).mean(2)  # (B, K, C)
         return self.region_projection(self.region_norm(pooled))
 
+    def _text_similarity_bias(self, image_tokens: Tensor, text_embeds: Tensor) -> Tensor | None:
+        """(B, K, N): scaled cosine between each text and the region embedding of every patch cell.
+
+        The region loss teaches box -> embedding; reading it back per cell turns a phrase into a
+        similarity map over the image, which steers the grounding attention onto the named object.
+        """
+        if self.grounding_bias_scale is None:
+            return None
+        cells = self.cell_boxes.to(image_tokens.dtype).expand(image_tokens.shape[0], -1, -1)  # (B, N, 4)
+        cell_embeds = F.normalize(self.encode_boxes(image_tokens, cells), dim=-1)  # (B, N, D)
+        similarity = torch.einsum("bkd,bnd->bkn", F.normalize(text_embeds, dim=-1), cell_embeds)
+        return self.grounding_bias_scale.abs() * similarity
+
     def ground(self, image_tokens: Tensor, text_embeds: Tensor) -> Tensor:
         """image_tokens (B, N, C), text_embeds (B, K, D) -> boxes (B, K, 4) normalised xyxy.
 
-        The text token's attention over the patches is a soft mask of where the phrase is; its centroid
-        and spread give a box estimate, and the 2-layer GELU MLP reads the Prompter's output together
-        with that estimate and corrects it (in logit space, so it starts from the estimate). The prompt
-        rows are the same in both attention variants, so grounding always uses the cheap one.
+        The text token's attention over the patches (steered by the text's similarity to each cell's
+        region embedding) is a soft mask of where the phrase is; its centroid and spread give a box
+        estimate, and the 2-layer GELU MLP reads the Prompter's output together with that estimate and
+        corrects it (in logit space, so it starts from the estimate). The prompt rows are the same in
+        both attention variants, so grounding always uses the cheap one.
         """
-        prompts = self.prompt_encoder.text_tokens(text_embeds.to(image_tokens.dtype))  # (B, K, 1, C)
+        text_embeds = text_embeds.to(image_tokens.dtype)
+        prompts = self.prompt_encoder.text_tokens(text_embeds)  # (B, K, 1, C)
         image_pe = self.prompt_encoder.image_positions().to(image_tokens.dtype)
-        out, attention = self.layer(prompts, image_tokens, image_pe, return_attention=True)
+        bias = self._text_similarity_bias(image_tokens, text_embeds)
+        out, attention = self.layer(prompts, image_tokens, image_pe, bias, return_attention=True)
         estimate = attention_box_estimate(attention[:, :, 0], self.prompt_encoder.centres.to(attention.dtype))
         features = torch.cat([self.grounding_norm(out[:, :, 0]), estimate], dim=-1)  # (B, K, C + 4)
         prior = torch.logit(estimate.clamp(0.05, 0.95))  # bounded, so the sigmoid never saturates

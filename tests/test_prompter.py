@@ -108,3 +108,55 @@ def test_attention_box_estimate_recovers_a_uniform_box():
     assert estimate[:2].tolist() == pytest.approx([0.5, 0.75])
     assert estimate[2].item() == pytest.approx(15**0.5 / 8, rel=1e-4)
     assert estimate[3].item() == pytest.approx(15**0.5 / 8, rel=1e-4)
+
+
+def test_patch_cell_boxes_tile_the_image():
+    from cloc_mllm.prompter import patch_cell_boxes
+
+    cells = patch_cell_boxes(2)
+    assert cells.tolist() == [[0, 0, 0.5, 0.5], [0.5, 0, 1, 0.5], [0, 0.5, 0.5, 1], [0.5, 0.5, 1, 1]]
+
+
+def test_similarity_bias_steers_grounding_attention_to_the_matching_cell(tiny_config):
+    torch.manual_seed(0)
+    model = CLOCModel(tiny_config).eval()
+    prompter = model.prompter
+    batch = random_batch(tiny_config, batch_size=1)
+    target = 5  # a text equal to cell 5's own region embedding must pull the attention there
+    with torch.no_grad():
+        tokens = model.get_vision_tokens(batch["pixel_values"])
+        cell_box = prompter.cell_boxes[target][None, None]  # (1, 1, 4)
+        text = torch.nn.functional.normalize(prompter.encode_boxes(tokens, cell_box), dim=-1)  # (1, 1, D)
+        bias = prompter._text_similarity_bias(tokens, text)  # (1, 1, N)
+        prompter.grounding_bias_scale.fill_(1e4)
+        prompts = prompter.prompt_encoder.text_tokens(text)
+        pe = prompter.prompt_encoder.image_positions()
+        _, attention = prompter.layer(prompts, tokens, pe, prompter._text_similarity_bias(tokens, text), return_attention=True)
+        steered = prompter.ground(tokens, text)
+        prompter.grounding_bias_scale.fill_(0.0)
+        unsteered = prompter.ground(tokens, text)
+    assert bias.shape == (1, 1, tokens.shape[1])
+    assert int(bias[0, 0].argmax()) == target
+    assert attention[0, 0, 0, target] > 0.99
+    assert not torch.allclose(steered, unsteered)
+
+
+def test_prompter_buffers_survive_save_and_load(tiny_config, tmp_path):
+    model = CLOCModel(tiny_config)
+    model.save_pretrained(tmp_path)
+    loaded = CLOCModel.from_pretrained(tmp_path)
+    assert torch.equal(loaded.prompter.cell_boxes, model.prompter.cell_boxes)
+    assert torch.equal(loaded.prompter.prompt_encoder.centres, model.prompter.prompt_encoder.centres)
+
+
+def test_content_token_is_the_mean_of_the_tokens_under_the_box(tiny_config):
+    model = CLOCModel(tiny_config).eval()
+    prompter = model.prompter
+    grid = prompter.grid_size
+    tokens = torch.randn(1, grid * grid, tiny_config.prompter_config.hidden_size)
+    box = torch.tensor([[[0.0, 0.0, 2.0 / grid, 1.0 / grid]]])  # exactly cells 0 and 1
+    with torch.no_grad():
+        prompter.content_type_embedding.zero_()
+        content = prompter._content_token(tokens, box)
+    assert content.shape == (1, 1, 1, tokens.shape[-1])
+    assert torch.allclose(content[0, 0, 0], tokens[0, :2].mean(0), atol=1e-6)

@@ -19,8 +19,8 @@ PROFILES: dict[str, dict] = {
         benchmarks="refcoco_testA,refcoco_testB,flickr30k_test",
     ),
     "reproduce": dict(
-        num_train=6000, num_val=200, num_test=400, pretrain_steps=1500, pretrain_batch_size=48, warmup_steps=100,
-        finetune_steps=600, finetune_batch_size=16, eval_limit=400,
+        num_train=6000, num_val=200, num_test=400, pretrain_steps=2500, pretrain_batch_size=48, warmup_steps=100,
+        finetune_steps=1000, finetune_batch_size=16, eval_limit=400,
         benchmarks="refcoco_val,refcoco_testA,refcoco_testB,refcoco+_val,refcoco+_testA,refcoco+_testB,"
         "refcocog_val,refcocog_test,flickr30k_val,flickr30k_test",
     ),
