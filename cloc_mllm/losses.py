@@ -93,6 +93,14 @@ def siglip_loss(
     return -F.logsigmoid(labels * logits).sum() / all_text.shape[0]
 
 
+def grounding_map_loss(logits: Tensor, coverage: Tensor) -> Tensor:
+    """Per-text loss (R,): cross-entropy between the softmax of the grounding logits over the patches
+    (R, N) and the target box's patch coverage (R, N), normalised to a distribution. It teaches the
+    text-to-patch similarity map to light up the named object and nothing else."""
+    target = coverage / coverage.sum(-1, keepdim=True).clamp(min=1e-6)
+    return -(target * logits.log_softmax(-1)).sum(-1)
+
+
 def grounding_loss(pred: Tensor, target: Tensor, kind: str) -> Tensor:
     """Per-box loss (R,) between (R, 4) normalised xyxy boxes: ``l2`` | ``l1`` | ``giou`` (GIoU + L1)."""
     if kind == "l2":
@@ -183,6 +191,8 @@ class CLOCLoss(nn.Module):
         images_with_regions: Tensor | None = None,
         region_logit_scale: Tensor | None = None,
         region_text_signatures: Tensor | None = None,
+        grounding_logits: Tensor | None = None,
+        grounding_targets: Tensor | None = None,
     ) -> LossTerms:
         """image/text_embeds (B, D) normalised; region tensors (R, D) / (R, 4) over the valid regions;
         images_with_regions: scalar count of this rank's images that carry at least one region."""
@@ -203,6 +213,8 @@ class CLOCLoss(nn.Module):
         if pred_boxes is not None:
             num_regions = gather_no_grad(torch.tensor([pred_boxes.shape[0]], device=pred_boxes.device)).sum()
             per_box = grounding_loss(pred_boxes.float(), target_boxes.float(), self.grounding)
+            if grounding_logits is not None:
+                per_box = per_box + grounding_map_loss(grounding_logits.float(), grounding_targets.float())
             loss_ground = per_box.sum() / num_regions.clamp(min=1) * world * self.grounding_weight
         loss = loss_clip + lam * (loss_region + loss_ground)
         return LossTerms(loss, loss_clip, loss_region, loss_ground, lam)

@@ -24,6 +24,7 @@ from .prompter import (
     PromptEncoder,
     Prompter,
     RoIAlignRegionHead,
+    box_patch_coverage,
     patch_cell_boxes,
     patch_centres,
     roi_pool_tokens,
@@ -46,6 +47,8 @@ class CLOCOutput(ModelOutput):
     region_embeds: Tensor | None = None
     region_text_embeds: Tensor | None = None
     pred_boxes: Tensor | None = None
+    grounding_logits: Tensor | None = None  # (R, N) the grounding attention bias over patches
+    grounding_targets: Tensor | None = None  # (R, N) how much of each patch the target box covers
     region_text_signatures: Tensor | None = None
     logits_per_image: Tensor | None = None
 
@@ -232,6 +235,8 @@ class CLOCModel(CLOCPreTrainedModel):
                 region_text_embeds=out.region_text_embeds,
                 pred_boxes=out.pred_boxes,
                 target_boxes=region_boxes[region_mask] if use_regions else None,
+                grounding_logits=out.grounding_logits,
+                grounding_targets=out.grounding_targets,
                 images_with_regions=region_mask.any(-1).sum() if use_regions else None,
                 region_logit_scale=self.region_logit_scale,
                 region_text_signatures=out.region_text_signatures,
@@ -268,7 +273,11 @@ class CLOCModel(CLOCPreTrainedModel):
             region_text = region_embeds.new_zeros(0, region_embeds.shape[-1])
         prompts = tokens.new_zeros(*mask.shape, region_text.shape[-1])  # (B, M, D)
         prompts[mask] = region_text.to(prompts.dtype)
-        pred_boxes = self.prompter.ground(tokens, prompts)[mask]  # (R, 4)
+        pred_boxes, grounding_logits = self.prompter.ground(tokens, prompts, return_logits=True)
+        pred_boxes = pred_boxes[mask]  # (R, 4)
+        if grounding_logits is not None:
+            out.grounding_logits = grounding_logits[mask]  # (R, N)
+            out.grounding_targets = box_patch_coverage(boxes[mask][None].float(), self.prompter.grid_size)[0]
         out.region_embeds, out.region_text_embeds, out.pred_boxes = region_embeds, region_text, pred_boxes
 
     # ----- HF CLIP interoperability --------------------------------------------------------------

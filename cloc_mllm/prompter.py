@@ -286,8 +286,13 @@ class Prompter(nn.Module):
         similarity = torch.einsum("bkd,bnd->bkn", F.normalize(text_embeds, dim=-1), cell_embeds)
         return self.grounding_bias_scale.abs() * similarity
 
-    def ground(self, image_tokens: Tensor, text_embeds: Tensor) -> Tensor:
+    def ground(
+        self, image_tokens: Tensor, text_embeds: Tensor, return_logits: bool = False
+    ) -> Tensor | tuple[Tensor, Tensor | None]:
         """image_tokens (B, N, C), text_embeds (B, K, D) -> boxes (B, K, 4) normalised xyxy.
+
+        With ``return_logits`` also the similarity bias (B, K, N) (None without one), which training
+        supervises with the target box's patch coverage.
 
         The text token's attention over the patches (steered by the text's similarity to each cell's
         region embedding) is a soft mask of where the phrase is; its centroid and spread give a box
@@ -304,7 +309,8 @@ class Prompter(nn.Module):
         features = torch.cat([self.grounding_norm(out[:, :, 0]), estimate], dim=-1)  # (B, K, C + 4)
         prior = torch.logit(estimate.clamp(0.05, 0.95))  # bounded, so the sigmoid never saturates
         cxcywh = (prior + self.grounding_head(features)).sigmoid()  # (B, K, 4)
-        return box_cxcywh_to_xyxy(cxcywh).clamp(0.0, 1.0)
+        boxes = box_cxcywh_to_xyxy(cxcywh).clamp(0.0, 1.0)
+        return (boxes, bias) if return_logits else boxes
 
 
 class RoIAlignRegionHead(nn.Module):

@@ -9,7 +9,7 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 from cloc_mllm import CLOCModel
-from cloc_mllm.losses import CLOCLoss, grounding_loss, infonce_loss, siglip_loss
+from cloc_mllm.losses import CLOCLoss, grounding_loss, grounding_map_loss, infonce_loss, siglip_loss
 
 from .conftest import random_batch
 
@@ -52,6 +52,17 @@ def test_grounding_losses():
     assert grounding_loss(pred, target, "l2").item() == pytest.approx(0.3125)
     assert grounding_loss(pred, target, "l1").item() == pytest.approx(0.5)
     assert grounding_loss(pred, target, "giou").item() == pytest.approx(0.5 + 0.5)
+
+
+
+def test_grounding_map_loss_rewards_mass_on_the_target_patches():
+    coverage = torch.tensor([[1.0, 1.0, 0.0, 0.0]])  # the box covers patches 0 and 1
+    uniform = grounding_map_loss(torch.zeros(1, 4), coverage)
+    assert uniform.item() == pytest.approx(math.log(4))  # -(0.5 log 1/4) x 2
+    on_target = grounding_map_loss(torch.tensor([[5.0, 5.0, -5.0, -5.0]]), coverage)
+    off_target = grounding_map_loss(torch.tensor([[-5.0, -5.0, 5.0, 5.0]]), coverage)
+    assert on_target.item() == pytest.approx(math.log(2), abs=1e-3)  # the target's own entropy
+    assert off_target.item() > uniform.item() > on_target.item()
 
 
 def _free_port() -> int:
