@@ -49,6 +49,19 @@ def test_claims_directions_and_targets():
 
 
 @pytest.mark.slow
+def test_finished_stage_is_skipped_and_keeps_its_duration(tmp_path):
+    from cloc_mllm.pipeline.stages import run_stage
+
+    calls = []
+    first = run_stage(tmp_path / "stage", "stage", lambda: calls.append(1))
+    again = run_stage(tmp_path / "stage", "stage", lambda: calls.append(2))
+    assert calls == [1]  # the second call found the marker and did not run the stage
+    assert first is not None and again == pytest.approx(first, abs=0.1)
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / ".done").write_text("ok\n")  # a marker from before durations were recorded
+    assert run_stage(tmp_path / "old", "old", lambda: calls.append(3)) is None and calls == [1]
+
+
 def test_ci_profile_end_to_end(tmp_path):
     """The main job, reduced: every stage runs, the report has every section, CLOC beats CLIP on regions."""
     out = tmp_path / "run"

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import sys
-import time
 from dataclasses import asdict, fields
 from pathlib import Path
 
@@ -42,12 +41,10 @@ def run_pipeline(config: PipelineConfig) -> dict:
         raise ValueError(f"{saved}: this run directory was made with other settings; use a new --out_dir")
     saved.write_text(json.dumps(asdict(config), indent=1))
     world = run / "world"
-    timings: dict[str, float] = {}
+    timings: dict[str, float | None] = {}
 
     def timed(directory: Path, name: str, fn) -> None:
-        start = time.perf_counter()
-        stages.run_stage(directory, name, fn)
-        timings[name] = time.perf_counter() - start
+        timings[name] = stages.run_stage(directory, name, fn)
 
     timed(world, "world", lambda: stages.make_world(config, world))
     if config.vesl_detector:

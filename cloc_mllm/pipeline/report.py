@@ -185,7 +185,8 @@ def write_report(out_dir: Path, config: dict, metrics: dict[str, dict], logs: di
         json.dumps(config, indent=1),
         "```",
         "",
-        "Stage timings (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()),
+        "Stage timings (s): "
+        + ", ".join(f"{k} {'not recorded' if v is None else f'{v:.0f}'}" for k, v in timings.items()),
         "",
     ]  # fmt: skip
     (out_dir / "report.md").write_text("\n".join(md))

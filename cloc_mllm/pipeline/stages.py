@@ -13,6 +13,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -25,17 +26,27 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 ENCODERS = ("clip", "cloc")
 
 
-def run_stage(directory: Path, name: str, fn: Callable[[], object]) -> None:
-    """Run ``fn`` unless ``directory/.done`` exists; mark it done afterwards."""
+def run_stage(directory: Path, name: str, fn: Callable[[], object]) -> float | None:
+    """Run ``fn`` unless ``directory/.done`` exists; mark it done afterwards with its duration.
+
+    Returns the stage's seconds: measured now, or read back from the marker of an earlier run (None
+    when that marker predates recorded durations).
+    """
     marker = directory / ".done"
     if marker.exists():
         logger.info("[%s] done already (%s)", name, directory)
-        return
+        try:
+            return float(marker.read_text())
+        except ValueError:
+            return None
     logger.info("[%s] start", name)
     directory.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
     fn()
-    marker.write_text("ok\n")
-    logger.info("[%s] finished", name)
+    seconds = time.perf_counter() - start
+    marker.write_text(f"{seconds:.1f}\n")
+    logger.info("[%s] finished in %.0f s", name, seconds)
+    return seconds
 
 
 # ----- world -------------------------------------------------------------------------------------
