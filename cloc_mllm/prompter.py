@@ -244,29 +244,29 @@ class Prompter(nn.Module):
             nn.Linear(width + NUM_GEOMETRY_FEATURES, hidden), nn.GELU(), nn.Linear(hidden, 4)
         )
 
-    def _box_bias(self, boxes: Tensor) -> Tensor | None:
+    def _box_bias(self, coverage: Tensor) -> Tensor | None:
+        """(B, K, N) patch coverage of the boxes -> attention bias: 0 inside, negative outside."""
         if self.box_bias_scale is None:
             return None
-        coverage = box_patch_coverage(boxes.float(), self.grid_size).to(boxes.dtype)
-        return self.box_bias_scale.abs() * (coverage - 1.0)  # (B, K, N): 0 inside, negative outside
+        return self.box_bias_scale.abs() * (coverage - 1.0)
 
-    def _content_token(self, image_tokens: Tensor, boxes: Tensor) -> Tensor:
+    def _content_token(self, image_tokens: Tensor, coverage: Tensor) -> Tensor:
         """(B, K, 1, C): the coverage-weighted mean of the image tokens under each box, typed.
 
         Corner queries locate the box; this token starts from what is inside it, so the region
         embedding integrates the whole object instead of the patches nearest the corners.
         """
-        coverage = box_patch_coverage(boxes.float(), self.grid_size)  # (B, K, N)
-        weights = (coverage / coverage.sum(-1, keepdim=True)).to(image_tokens.dtype)
+        weights = coverage / coverage.sum(-1, keepdim=True)  # (B, K, N)
         return (weights @ image_tokens + self.content_type_embedding)[:, :, None]
 
     def encode_boxes(self, image_tokens: Tensor, boxes: Tensor) -> Tensor:
         """image_tokens (B, N, C) patch tokens, boxes (B, K, 4) normalised xyxy -> (B, K, D), not normalised."""
         prompts = self.prompt_encoder.box_tokens(boxes.to(image_tokens.dtype))  # (B, K, 2, C)
+        coverage = box_patch_coverage(boxes.float(), self.grid_size).to(image_tokens.dtype)  # (B, K, N)
         if self.content_type_embedding is not None:
-            prompts = torch.cat([prompts, self._content_token(image_tokens, boxes)], dim=2)  # (B, K, 3, C)
+            prompts = torch.cat([prompts, self._content_token(image_tokens, coverage)], dim=2)  # (B, K, 3, C)
         image_pe = self.prompt_encoder.image_positions().to(image_tokens.dtype)
-        bias = self._box_bias(boxes.to(image_tokens.dtype))
+        bias = self._box_bias(coverage)
         if self.config.attention == "full":
             pooled = self.layer.forward_full(prompts, image_tokens, image_pe, bias).mean(2)
         else:

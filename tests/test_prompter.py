@@ -48,7 +48,7 @@ def test_cross_attention_equals_prompt_rows_of_full_layer(tiny_config):
         tokens = model.get_vision_tokens(batch["pixel_values"])
         prompts = prompter.prompt_encoder.box_tokens(batch["region_boxes"])
         pe = prompter.prompt_encoder.image_positions()
-        bias = prompter._box_bias(batch["region_boxes"])
+        bias = prompter._box_bias(box_patch_coverage(batch["region_boxes"], prompter.grid_size))
         cross = prompter.layer(prompts, tokens, pe, bias)
         full = prompter.layer.forward_full(prompts, tokens, pe, bias)
     assert full.shape == (2, 3, 2 + tokens.shape[1], tiny_config.prompter_config.hidden_size)
@@ -157,6 +157,6 @@ def test_content_token_is_the_mean_of_the_tokens_under_the_box(tiny_config):
     box = torch.tensor([[[0.0, 0.0, 2.0 / grid, 1.0 / grid]]])  # exactly cells 0 and 1
     with torch.no_grad():
         prompter.content_type_embedding.zero_()
-        content = prompter._content_token(tokens, box)
+        content = prompter._content_token(tokens, box_patch_coverage(box, grid))
     assert content.shape == (1, 1, 1, tokens.shape[-1])
     assert torch.allclose(content[0, 0, 0], tokens[0, :2].mean(0), atol=1e-6)
