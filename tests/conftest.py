@@ -40,21 +40,6 @@ def tiny_config():
 
 def random_batch(config, batch_size=4, num_regions=3, text_len=8, seed=0):
     """A model batch with random pixels/tokens, EOS-terminated texts and valid random boxes."""
-    g = torch.Generator().manual_seed(seed)
-    size = config.vision_config.image_size
-    vocab, eos = config.text_config.vocab_size, config.text_config.eos_token_id
-    ids = torch.randint(4, vocab, (batch_size, text_len), generator=g)
-    ids[:, -1] = eos
-    region_ids = torch.randint(4, vocab, (batch_size, num_regions, text_len), generator=g)
-    region_ids[..., -1] = eos
-    xy = torch.rand(batch_size, num_regions, 2, generator=g) * 0.6
-    wh = torch.rand(batch_size, num_regions, 2, generator=g) * 0.35 + 0.05
-    return {
-        "pixel_values": torch.randn(batch_size, 3, size, size, generator=g),
-        "input_ids": ids,
-        "attention_mask": torch.ones_like(ids),
-        "region_boxes": torch.cat([xy, xy + wh], dim=-1),
-        "region_input_ids": region_ids,
-        "region_attention_mask": torch.ones_like(region_ids),
-        "region_mask": torch.ones(batch_size, num_regions, dtype=torch.bool),
-    }
+    from cloc_mllm.training.benchmark import synthetic_batch
+
+    return synthetic_batch(config, batch_size, num_regions, text_len, text_len, seed=seed)

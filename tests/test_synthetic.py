@@ -62,6 +62,29 @@ def test_any_image_regenerates_alone_and_splits_differ(world):
     assert record == json.loads(json.dumps(shard_record(generate_sample(cfg, "train", 7))))
 
 
+def test_region_texts_mix_phrases_and_true_referring_sentences():
+    """Each box gets exactly one pretraining text; at prob 1 it is one of that object's referring
+    sentences (which resolve to it alone), at prob 0 its phrase; no other text moves with the knob."""
+    for index in range(12):
+        plain = generate_sample(SyntheticWorldConfig(**{**TINY, "referring_text_prob": 0.0}), "train", index)
+        sentences = generate_sample(SyntheticWorldConfig(**{**TINY, "referring_text_prob": 1.0}), "train", index)
+        assert plain.region_texts == plain.phrases
+        assert (sentences.caption, sentences.phrases, sentences.refs, sentences.conversation) == (
+            plain.caption, plain.phrases, plain.refs, plain.conversation
+        )
+        own = {i: [t for refs in plain.refs.values() for j, ts in refs if j == i for t in ts]
+               for i in range(len(plain.phrases))}
+        record = shard_record(sentences)
+        assert [r["phrase"] for r in record["regions"]] == sentences.region_texts
+        for i, text in enumerate(sentences.region_texts):
+            if own[i]:
+                assert text in own[i] and resolve(text, sentences.scene) == [i]
+            else:
+                assert text == plain.phrases[i]
+    with pytest.raises(ValueError, match="referring_text_prob"):
+        SyntheticWorldConfig(referring_text_prob=1.5)
+
+
 def test_boxes_are_tight_and_background_is_grey():
     cfg = SyntheticWorldConfig(max_overlap=0.0, colour_jitter=0.0, backgrounds=["plain"], image_size=96)
     for index in range(8):
@@ -153,10 +176,12 @@ def test_shards_hold_the_pretraining_json(world):
     assert names[:2] == ["train_000000.jpg", "train_000000.json"]
     assert set(record) == {"caption", "width", "height", "regions", "source"}
     assert (record["width"], record["height"]) == image.size
-    for region in record["regions"]:
+    sample = generate_sample(SyntheticWorldConfig(**TINY), "train", 0)
+    assert [r["phrase"] for r in record["regions"]] == sample.region_texts
+    for region, obj in zip(record["regions"], sample.scene.objects, strict=True):
         x1, y1, x2, y2 = region["box"]
         assert 0 <= x1 < x2 <= record["width"] and 0 <= y1 < y2 <= record["height"]
-        assert region["score"] == 1.0 and region["phrase"].split()[-1] in record["caption"]
+        assert region["score"] == 1.0 and obj.category.split()[-1] in region["phrase"]
 
 
 def test_refer_layout(world):

@@ -144,6 +144,24 @@ def _referring_sentences(
     return refs, flickr
 
 
+def _region_texts(
+    phrases: list[str], refs: dict[str, list[tuple[int, list[str]]]], prob: float, rng: np.random.Generator
+) -> list[str]:
+    """Each object's one pretraining text: with chance ``prob`` a referring sentence of any refer dataset
+    (so the region and grounding losses see position and relation words), else its phrase.
+
+    One text per box, never two: a box listed twice would be its own negative in the region loss."""
+    sentences: dict[int, list[str]] = {}
+    for dataset_refs in refs.values():
+        for target, texts in dataset_refs:
+            sentences.setdefault(target, []).extend(texts)
+    texts = []
+    for i, phrase in enumerate(phrases):
+        use_sentence = rng.random() < prob and sentences.get(i)
+        texts.append(str(rng.choice(sentences[i])) if use_sentence else phrase)
+    return texts
+
+
 def generate_sample(cfg: SyntheticWorldConfig, split: str, index: int) -> WorldSample:
     """Image ``index`` of ``split`` with all its texts, drawn from its own random stream only."""
     rng = image_rng(cfg.seed, split, index)
@@ -155,6 +173,7 @@ def generate_sample(cfg: SyntheticWorldConfig, split: str, index: int) -> WorldS
     caption = join_segments(caption_segs)
     refs, flickr_refs = _referring_sentences(scene, rng)
     flickr = [caption_segs] + [flickr_refs[k] for k in rng.permutation(len(flickr_refs))[:4]]
+    conversation = _conversation(scene, caption, phrases, dict(refs["refcoco"]), rng)
     return WorldSample(
         split=split,
         index=index,
@@ -166,7 +185,9 @@ def generate_sample(cfg: SyntheticWorldConfig, split: str, index: int) -> WorldS
         phrases=phrases,
         refs=refs,
         flickr_sentences=flickr,
-        conversation=_conversation(scene, caption, phrases, dict(refs["refcoco"]), rng),
+        conversation=conversation,
+        # drawn last, so the texts above do not depend on this setting
+        region_texts=_region_texts(phrases, refs, cfg.referring_text_prob, rng),
     )
 
 

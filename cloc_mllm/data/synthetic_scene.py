@@ -109,6 +109,14 @@ class SyntheticWorldConfig:
     size_word_prob: float = field(
         default=0.3, metadata={"help": "Chance a region phrase names the size when not needed."}
     )
+    referring_text_prob: float = field(
+        default=0.5,
+        metadata={
+            "help": "Chance that an object's pretraining region text is one of its referring expressions "
+            "(position, relation) rather than its bare phrase, as VESL's enriched captions describe regions "
+            "in context."
+        },
+    )
     images_per_shard: int = field(default=256, metadata={"help": "WebDataset samples per tar shard."})
     jpeg_quality: int = field(default=95, metadata={"help": "JPEG quality of every written image."})
 
@@ -124,7 +132,8 @@ class SyntheticWorldConfig:
         require("min_objects", objects_ok, "need 1 <= min_objects <= max_objects <= 20")
         sizes_ok = 0.02 <= self.min_object_size < self.max_object_size <= 0.9
         require("min_object_size", sizes_ok, "need 0.02 <= min_object_size < max_object_size <= 0.9")
-        for name in ("max_overlap", "clutter", "distractor", "duplicate", "colour_jitter", "size_word_prob"):
+        for name in ("max_overlap", "clutter", "distractor", "duplicate", "colour_jitter", "size_word_prob",
+                     "referring_text_prob"):
             require(name, 0.0 <= getattr(self, name) <= 1.0, "must be in [0, 1]")
         require("images_per_shard", self.images_per_shard >= 1, "must be >= 1")
         require("jpeg_quality", 1 <= self.jpeg_quality <= 100, "must be in [1, 100]")

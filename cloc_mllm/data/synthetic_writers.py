@@ -31,7 +31,8 @@ REFER_DATASETS = {"refcoco": "unc", "refcoco+": "unc", "refcocog": "umd"}
 @dataclass
 class WorldSample:
     """One image of the world with every text about it. ``refs[dataset]`` lists (object index,
-    sentences); ``flickr_sentences`` are segment lists; ``conversation`` is (question, answer) pairs."""
+    sentences); ``flickr_sentences`` are segment lists; ``conversation`` is (question, answer) pairs;
+    ``region_texts[i]`` is object i's text in the pretraining shards (its phrase or a referring sentence)."""
 
     split: str
     index: int
@@ -44,6 +45,7 @@ class WorldSample:
     refs: dict[str, list[tuple[int, list[str]]]]
     flickr_sentences: list[list[Segment]]
     conversation: list[tuple[str, str]]
+    region_texts: list[str]
 
     def box_xywh(self, i: int) -> list[int]:
         x1, y1, x2, y2 = self.scene.objects[i].box
@@ -98,8 +100,8 @@ class ImageFolderWriter:
 def shard_record(sample: WorldSample) -> dict:
     """The pretraining json of DESIGN §4 (boxes in pixels, ground truth scored 1.0)."""
     regions = [
-        {"box": list(o.box), "phrase": phrase, "score": 1.0}
-        for o, phrase in zip(sample.scene.objects, sample.phrases, strict=True)
+        {"box": list(o.box), "phrase": text, "score": 1.0}
+        for o, text in zip(sample.scene.objects, sample.region_texts, strict=True)
     ]
     return {
         "caption": sample.caption,

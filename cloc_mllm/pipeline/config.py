@@ -19,7 +19,7 @@ PROFILES: dict[str, dict] = {
         benchmarks="refcoco_testA,refcoco_testB,flickr30k_test",
     ),
     "reproduce": dict(
-        num_train=6000, num_val=200, num_test=400, pretrain_steps=2500, pretrain_batch_size=48, warmup_steps=100,
+        num_train=6000, num_val=200, num_test=400, pretrain_steps=3500, pretrain_batch_size=48, warmup_steps=100,
         finetune_steps=1000, finetune_batch_size=16, eval_limit=400,
         benchmarks="refcoco_val,refcoco_testA,refcoco_testB,refcoco+_val,refcoco+_testA,refcoco+_testB,"
         "refcocog_val,refcocog_test,flickr30k_val,flickr30k_test",
@@ -56,6 +56,9 @@ class PipelineConfig:
     # LLaVA finetuning (same LLM init and data for both towers)
     llm_hidden_size: int = field(default=128, metadata=_help("Width of the tiny Llama."))
     llm_layers: int = field(default=2, metadata=_help("Layers of the tiny Llama."))
+    vision_select_layer: int = field(
+        default=-2, metadata=_help("Tower layer fed to the projector (LLaVA's -2; -1 = the last).")
+    )
     finetune_steps: int = field(default=100, metadata=_help("Finetuning steps per tower."))
     finetune_batch_size: int = field(default=16, metadata=_help("Global finetuning batch (records)."))
     finetune_lr: float = field(default=1e-3, metadata=_help("Finetuning learning rate."))

@@ -15,11 +15,12 @@ def synthetic_batch(
     num_regions: int,
     text_len: int,
     region_text_len: int,
-    device: torch.device,
+    device: torch.device | str = "cpu",
+    seed: int = 0,
 ) -> dict[str, Tensor]:
     """Random pixels (B, 3, S, S), EOS-terminated captions (B, L) and regions: boxes (B, M, 4) normalised
     xyxy, phrases (B, M, Lr), all valid. Seeded, so every call gives the same batch."""
-    g = torch.Generator().manual_seed(0)
+    g = torch.Generator().manual_seed(seed)
     size, text = config.vision_config.image_size, config.text_config
     text_len = min(text_len, text.max_position_embeddings)
     ids = torch.randint(4, text.vocab_size - 1, (batch_size, text_len), generator=g)
