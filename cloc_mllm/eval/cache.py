@@ -105,3 +105,32 @@ def cached_predict(
             bar.update(len(batch))
     gathered = gather_lists([cache[key(item)] for item in mine], shard)
     return {row["key"]: row for row in gathered}
+
+
+def cached_predict_benchmarks(
+    benchmarks: Sequence[Any],
+    task: str,
+    predict_batch: Callable[[list], list[dict[str, Any]]],
+    cache_dir: str | Path | None,
+    shard: Shard,
+    batch_size: int,
+    desc: str,
+    items_of: Callable[[Any], Sequence[Any]] = lambda bench: bench.items,
+) -> dict[str, dict[str, dict]]:
+    """:func:`cached_predict` over each benchmark's items (anything with a ``.key``): name -> key -> row.
+
+    Each benchmark gets its own cache ``{task}-{benchmark name}``, so adding a benchmark to a finished
+    evaluation predicts only the new one.
+    """
+    return {
+        bench.name: cached_predict(
+            items_of(bench),
+            key=lambda item: item.key,
+            predict_batch=predict_batch,
+            cache=PredictionCache(cache_dir, f"{task}-{bench.name}", shard.rank),
+            shard=shard,
+            batch_size=batch_size,
+            desc=f"{desc} {bench.name}",
+        )
+        for bench in benchmarks
+    }

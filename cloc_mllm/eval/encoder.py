@@ -21,7 +21,7 @@ from cloc_mllm.data.coco import CaptionedImage, CocoDetection
 from cloc_mllm.data.imagefolder import ImageFolder
 from cloc_mllm.data.transforms import ImageTransform
 from cloc_mllm.eval.benchmarks import GroundingBenchmark, GroundingItem, region_targets, score_benchmark
-from cloc_mllm.eval.cache import PredictionCache, cached_predict
+from cloc_mllm.eval.cache import cached_predict_benchmarks
 from cloc_mllm.eval.inputs import (
     ImageRef,
     encoder_transform,
@@ -321,17 +321,15 @@ def evaluate_grounding_head(
 ) -> tuple[dict[str, dict], dict[str, dict[str, dict]]]:
     """Acc@0.5 (per protocol) of ``model.ground`` on each benchmark, and the prediction rows."""
     transform = transform or encoder_transform(model)
-    shard = shard or Shard()
-    metrics, rows = {}, {}
-    for bench in benchmarks:
-        rows[bench.name] = cached_predict(
-            bench.items,
-            key=lambda item: item.key,
-            predict_batch=lambda batch: grounding_head_rows(model, tokenizer, batch, transform),
-            cache=PredictionCache(cache_dir, f"grounding_head-{bench.name}", shard.rank),
-            shard=shard,
-            batch_size=batch_size,
-            desc=f"ground-head {bench.name}",
-        )
-        metrics[bench.name] = score_benchmark(bench, rows[bench.name], ks=())  # one box: no Recall@k
+    rows = cached_predict_benchmarks(
+        benchmarks,
+        "grounding_head",
+        lambda batch: grounding_head_rows(model, tokenizer, batch, transform),
+        cache_dir,
+        shard or Shard(),
+        batch_size=batch_size,
+        desc="ground-head",
+    )
+    # one box per answer: no Recall@k
+    metrics = {bench.name: score_benchmark(bench, rows[bench.name], ks=()) for bench in benchmarks}
     return metrics, rows

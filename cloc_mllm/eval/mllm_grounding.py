@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from cloc_mllm.eval.benchmarks import GroundingBenchmark, GroundingItem, score_benchmark
-from cloc_mllm.eval.cache import PredictionCache, cached_predict
+from cloc_mllm.eval.cache import cached_predict_benchmarks
 from cloc_mllm.eval.inputs import load_images
 from cloc_mllm.eval.sharding import Shard
 from cloc_mllm.mllm.box_text import parse_boxes
@@ -69,20 +69,13 @@ def evaluate_mllm_grounding(
     prompt: str = GROUNDING_PROMPT,
 ) -> tuple[dict[str, dict], dict[str, dict[str, dict]]]:
     """Metrics per benchmark (per protocol + counts) and the prediction rows (benchmark -> key -> row)."""
-    shard = shard or Shard()
-    metrics, rows = {}, {}
-    for bench in benchmarks:
-        cache = PredictionCache(cache_dir, f"mllm_grounding-{bench.name}", shard.rank)
-        rows[bench.name] = cached_predict(
-            bench.items,
-            key=lambda item: item.key,
-            predict_batch=lambda batch: mllm_grounding_rows(
-                model, processor, batch, batch_size, max_new_tokens, prompt
-            ),
-            cache=cache,
-            shard=shard,
-            batch_size=batch_size * 4,  # several generate batches between cache flushes
-            desc=f"ground {bench.name}",
-        )
-        metrics[bench.name] = score_benchmark(bench, rows[bench.name])
-    return metrics, rows
+    rows = cached_predict_benchmarks(
+        benchmarks,
+        "mllm_grounding",
+        lambda batch: mllm_grounding_rows(model, processor, batch, batch_size, max_new_tokens, prompt),
+        cache_dir,
+        shard or Shard(),
+        batch_size=batch_size * 4,  # several generate batches between cache flushes
+        desc="ground",
+    )
+    return {bench.name: score_benchmark(bench, rows[bench.name]) for bench in benchmarks}, rows

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from cloc_mllm.eval.benchmarks import GroundingBenchmark, RegionTarget, region_targets
-from cloc_mllm.eval.cache import PredictionCache, cached_predict
+from cloc_mllm.eval.cache import cached_predict_benchmarks
 from cloc_mllm.eval.inputs import load_images
 from cloc_mllm.eval.metrics import cider, exact_match, noun_match, token_f1
 from cloc_mllm.eval.sharding import Shard
@@ -91,21 +91,18 @@ def evaluate_referring(
     use_regions: bool = False,
 ) -> tuple[dict[str, dict], dict[str, dict[str, dict]]]:
     """Referring metrics per benchmark and the rows (benchmark -> key -> row)."""
-    shard = shard or Shard()
-    metrics, all_rows = {}, {}
-    for bench in benchmarks:
-        targets, skipped = region_targets(bench)
-        cache = PredictionCache(cache_dir, f"referring-{bench.name}", shard.rank)
-        all_rows[bench.name] = cached_predict(
-            targets,
-            key=lambda target: target.key,
-            predict_batch=lambda batch: referring_rows(
-                model, processor, batch, batch_size, max_new_tokens, use_regions
-            ),
-            cache=cache,
-            shard=shard,
-            batch_size=batch_size * 4,
-            desc=f"refer {bench.name}",
-        )
-        metrics[bench.name] = score_referring(targets, all_rows[bench.name], skipped)
-    return metrics, all_rows
+    targets = {bench.name: region_targets(bench) for bench in benchmarks}  # name -> (targets, skipped)
+    rows = cached_predict_benchmarks(
+        benchmarks,
+        "referring",
+        lambda batch: referring_rows(model, processor, batch, batch_size, max_new_tokens, use_regions),
+        cache_dir,
+        shard or Shard(),
+        batch_size=batch_size * 4,
+        desc="refer",
+        items_of=lambda bench: targets[bench.name][0],
+    )
+    metrics = {}
+    for name, (bench_targets, skipped) in targets.items():
+        metrics[name] = score_referring(bench_targets, rows[name], skipped)
+    return metrics, rows
