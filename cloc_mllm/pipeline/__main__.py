@@ -90,7 +90,8 @@ def main(argv: list[str] | None = None) -> None:
     report = run_pipeline(parse_config(argv))
     for claim in report["claims"]:
         status = "MET" if claim["target_met"] else ("direction ok" if claim["direction_ok"] else "not met")
-        print(f"{claim['name']}: CLIP {claim['clip']} CLOC {claim['cloc']} -> {status}")
+        clip, cloc = (f"{100 * v:.1f}%" if v is not None else "—" for v in (claim["clip"], claim["cloc"]))
+        print(f"{claim['name']}: CLIP {clip} CLOC {cloc} -> {status}")
 
 
 if __name__ == "__main__":
