@@ -44,6 +44,7 @@ def test_scheduler_drives_adamw(tiny_config):
     optimizer = build_optimizer(model, config)
     scheduler = build_scheduler(optimizer, config)
     assert optimizer.defaults["betas"] == (0.9, 0.98)
+    assert not optimizer.defaults["fused"]  # the fused kernel is chosen only when every parameter is on CUDA
     lrs = []
     for _ in range(6):
         lrs.append(scheduler.get_last_lr()[0])
