@@ -15,7 +15,10 @@ def results(acc, mAcc=None):
         "referring": {"refcoco_val": {"noun": 0.5, "exact": 0.25, "cider": None}},
     }
     if mAcc is not None:
-        r["encoder"] = {"region_recognition": {"mAcc": mAcc, "acc": 0.9}}
+        r["encoder"] = {
+            "region_recognition": {"mAcc": mAcc, "acc": 0.9},
+            "patch_probe": {"layers": {"-2": {"object_class_acc": 0.3, "all_class_acc": 0.8, "position_acc": 0.6}}},
+        }
     return r
 
 
@@ -29,6 +32,8 @@ def test_headline_metrics_flatten():
         "referring/refcoco_val/exact": 0.25,
         "region_recognition/mAcc": 0.7,
         "region_recognition/acc": 0.9,
+        "patch_probe/layer -2/object class": 0.3,
+        "patch_probe/layer -2/position": 0.6,
     }
 
 

@@ -67,6 +67,8 @@ def test_cloc_end_to_end_report_and_resume(world, tmp_path, monkeypatch):
     enc = results["encoder"]
     assert {"region_recognition", "region_text_retrieval", "image_text_retrieval"} <= set(enc)
     assert results["unavailable"]["zero_shot_classification"].startswith("no image folder")
+    probe = enc["patch_probe"]  # fitted on the world's train split, scored on its val split
+    assert set(probe["layers"]) == {"-1", "-2"} and probe["test_patches"] == 4 * 16
     assert len(results["model"]["fingerprint"]) == 64 and results["model"]["kind"] == "cloc"
     assert any("refs(unc).p" in k for k in results["data"]["fingerprints"])
     assert any(k.endswith(":test") for k in results["data"]["fingerprints"])  # the Flickr split digest
@@ -74,6 +76,7 @@ def test_cloc_end_to_end_report_and_resume(world, tmp_path, monkeypatch):
     assert results["timing"]["grounding_head"] > 0 and results["timing"]["total_seconds"] > 0
     md = (out / "results.md").read_text()
     assert "## Grounding (CLOC grounding head)" in md and "### Region recognition" in md
+    assert "### Patch tokens, linear probes" in md
     for png in ("grounding.png", "encoder.png", "gallery_refcoco_val.png"):
         assert f"]({png})" in md
         with Image.open(out / png) as im:

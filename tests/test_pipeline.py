@@ -1,11 +1,13 @@
 import json
 import subprocess
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 
-from cloc_mllm.pipeline.__main__ import parse_config
+from cloc_mllm.pipeline import stages
+from cloc_mllm.pipeline.__main__ import parse_config, same_settings
 from cloc_mllm.pipeline.config import PROFILES, config_for_profile
 from cloc_mllm.pipeline.report import SECTIONS, build_claims
 
@@ -22,6 +24,29 @@ def test_profile_then_flags_override():
         config_for_profile("huge")
     with pytest.raises(ValueError, match="unknown PipelineConfig fields"):
         config_for_profile("ci", steps=3)
+    with pytest.raises(ValueError, match="region_head"):
+        config_for_profile("ci", region_head="mean")
+
+
+def test_runs_made_before_a_new_setting_still_resume():
+    config = config_for_profile("ci")
+    saved = asdict(config)
+    assert same_settings(saved, config)
+    del saved["region_head"]  # a run directory written before the field existed
+    assert same_settings(saved, config)
+    assert not same_settings(saved, config_for_profile("ci", region_head="roialign"))
+    assert not same_settings({**asdict(config), "pretrain_steps": 1}, config)
+
+
+def test_region_head_reaches_cloc_pretraining_only(tmp_path, monkeypatch):
+    from cloc_mllm.training import trainer
+
+    seen = {}
+    monkeypatch.setattr(trainer, "train", lambda config: seen.setdefault(config.loss, config.region_head))
+    config = config_for_profile("ci", region_head="roialign")
+    for loss in stages.ENCODERS:
+        stages.pretrain(config, loss, "shards", tmp_path / "tokenizer", tmp_path / loss)
+    assert seen == {"clip": "prompter", "cloc": "roialign"}
 
 
 def _results(region_acc, i2t, ground):
@@ -71,6 +96,7 @@ def test_ci_profile_end_to_end(tmp_path):
     report_md = (out / "report.md").read_text()
     for section in SECTIONS:
         assert f"## {section}" in report_md
+    assert "| patch probe layer -2: class on object patches |" in report_md  # LLaVA's default layer
     for plot in ("claims.png", "training_curves.png", "mllm_grounding.png"):
         assert (out / plot).stat().st_size > 1000
     report = json.loads((out / "report.json").read_text())

@@ -22,7 +22,7 @@ _ENCODER_KEYS = {
 
 def headline_metrics(results: dict) -> dict[str, float]:
     """The numbers worth comparing, flattened: grounding Acc@0.5 (and the Flickr protocols), referring
-    noun/exact/CIDEr, region recognition, retrieval and zero-shot classification."""
+    noun/exact/CIDEr, region recognition, patch probes, retrieval and zero-shot classification."""
     flat: dict[str, float] = {}
     for bench, m in results.get("grounding", {}).items():
         flat[f"grounding/{bench}/Acc@0.5"] = m["any"]["acc@0.5"]
@@ -37,6 +37,10 @@ def headline_metrics(results: dict) -> dict[str, float]:
         for key in keys:
             if key in encoder.get(task, {}):
                 flat[f"{task}/{key}"] = encoder[task][key]
+    for layer, m in encoder.get("patch_probe", {}).get("layers", {}).items():
+        for key, label in (("object_class_acc", "object class"), ("position_acc", "position")):
+            if m.get(key) is not None:
+                flat[f"patch_probe/layer {layer}/{label}"] = m[key]
     for bench, m in encoder.get("region_text_retrieval", {}).items():
         for key in ("t2r_R@1", "t2r_in_image_R@1"):
             if key in m:

@@ -49,7 +49,7 @@ TEMPLATE_SETS = {"clip": DEFAULT_TEMPLATES, "plain": PLAIN_TEMPLATES}
 RETRIEVAL_KS = (1, 5, 10)
 
 
-def _eval_mode(fn: Callable) -> Callable:
+def in_eval_mode(fn: Callable) -> Callable:
     """Run under eval() and no_grad, then give the model back in the mode it came in (training loops)."""
 
     @functools.wraps(fn)
@@ -85,7 +85,7 @@ def class_embeddings(model, tokenizer, classnames: Sequence[str], templates: Seq
     return F.normalize(embeds.mean(dim=1), dim=-1)
 
 
-def _image_batches(
+def image_batches(
     records: Sequence, transform: ImageTransform, batch_size: int, boxes: Callable | None = None
 ):
     """Per batch: indices of the readable records, pixel_values (b, 3, S, S), the transform outputs
@@ -112,7 +112,7 @@ def image_features(
 ) -> tuple[Tensor, list[int]]:
     """(n, D) embeddings of the readable records and their indices."""
     device, feats, kept = model_device(model), [], []
-    for idx, pixels, _, _ in _image_batches(records, transform, batch_size):
+    for idx, pixels, _, _ in image_batches(records, transform, batch_size):
         feats.append(model.get_image_features(pixels.to(device, model.dtype)).float().cpu())
         kept += idx
     return (torch.cat(feats) if feats else torch.zeros(0, model.config.projection_dim)), kept
@@ -125,7 +125,7 @@ def region_features(
     when the image is unreadable. One vision encode per image serves all its boxes."""
     device = model_device(model)
     out: list[Tensor | None] = [None] * len(groups)
-    for idx, pixels, outs, _ in _image_batches(groups, transform, batch_size, boxes):
+    for idx, pixels, outs, _ in image_batches(groups, transform, batch_size, boxes):
         k = max(len(o.boxes) for o in outs)
         padded = torch.tensor([0.0, 0.0, 1.0, 1.0]).repeat(len(outs), k, 1)
         for row, o in enumerate(outs):
@@ -164,7 +164,7 @@ def region_features_per_record(
 # ---- region level ------------------------------------------------------------------------------
 
 
-@_eval_mode
+@in_eval_mode
 def region_recognition(
     model,
     tokenizer,
@@ -197,7 +197,7 @@ def region_recognition(
     }
 
 
-@_eval_mode
+@in_eval_mode
 def region_text_retrieval(
     model,
     tokenizer,
@@ -238,7 +238,7 @@ def region_text_retrieval(
 # ---- image level -------------------------------------------------------------------------------
 
 
-@_eval_mode
+@in_eval_mode
 def image_text_retrieval(
     model,
     tokenizer,
@@ -269,7 +269,7 @@ def image_text_retrieval(
     return result
 
 
-@_eval_mode
+@in_eval_mode
 def zero_shot_classification(
     model,
     tokenizer,
@@ -301,7 +301,7 @@ def grounding_head_rows(
     """The CLOC grounding head's box per item, mapped back to normalised xyxy on the original image."""
     device = model_device(model)
     rows = [{"status": "missing_image", "boxes": [], "image_size": [it.width, it.height]} for it in items]
-    for idx, pixels, outs, sizes in _image_batches(items, transform, len(items)):
+    for idx, pixels, outs, sizes in image_batches(items, transform, len(items)):
         text = tokenize(tokenizer, [items[i].text for i in idx], model, device)
         pred = model.ground(pixels.to(device, model.dtype), **text).float().cpu()  # (b, 4) model frame
         for i, box, out, size in zip(idx, pred, outs, sizes, strict=True):
@@ -309,7 +309,7 @@ def grounding_head_rows(
     return rows
 
 
-@_eval_mode
+@in_eval_mode
 def evaluate_grounding_head(
     model,
     tokenizer,

@@ -106,6 +106,18 @@ def encoder_tables(encoder: dict) -> str:
         parts.append(
             _table(["n boxes", "mAcc", "accuracy", "head"], [[m["n"], m["mAcc"], m["acc"], m.get("head")]])
         )
+    if "patch_probe" in encoder:
+        m = encoder["patch_probe"]
+        parts.append("\n### Patch tokens, linear probes (what an MLLM's projector can read)\n")
+        rows = [
+            [layer, v["object_class_acc"], v["all_class_acc"], v["position_acc"]] for layer, v in m["layers"].items()
+        ]
+        parts.append(_table(["layer", "class on object patches", "class on all patches", "grid position"], rows))
+        parts.append(
+            f"\nAccuracies in %; chance is {100 / m['classes']:.1f} (class) and {100 / m['grid_cells']:.1f} "
+            f"(position). {100 * m['object_patch_fraction']:.0f}% of the {m['test_patches']} test patches "
+            "lie on an object."
+        )
     if "region_text_retrieval" in encoder:
         parts.append("\n### Region-text retrieval\n")
         keys = ["t2r_R@1", "t2r_R@5", "t2r_R@10", "r2t_R@1", "r2t_R@5", "r2t_R@10", "t2r_in_image_R@1"]

@@ -79,6 +79,14 @@ class EvalArguments:
     limit: int | None = field(
         default=None, metadata={"help": "Evaluate only the first N items of each split."}
     )
+    probe_split: str = field(
+        default="train",
+        metadata={"help": "COCO split whose boxes fit the dense patch probes (train2017 for COCO); '' = none."},
+    )
+    probe_layers: str = field(
+        default="-1,-2", metadata={"help": "Tower layers probed, as LLaVA's mm_vision_select_layer counts."}
+    )
+    probe_train_images: int = field(default=500, metadata={"help": "Images the patch probes are fitted on."})
     templates: str = field(
         default="clip", metadata={"help": "Class-name prompts: clip (an ensemble) | plain (the bare name)."}
     )
@@ -319,6 +327,7 @@ def _encoder(args, loaded, benchmarks, paths: DataPaths, timer, results) -> None
             encoder.TEMPLATE_SETS[args.templates],
         )
         out["region_recognition"]["head"] = head or model.config.region_head
+        _patch_probe(args, model, paths, transform, timer, out, results)
     else:
         results["unavailable"]["region_recognition"] = f"no {det_json}"
     if benchmarks:
@@ -358,6 +367,25 @@ def _encoder(args, loaded, benchmarks, paths: DataPaths, timer, results) -> None
     else:
         results["unavailable"]["zero_shot_classification"] = f"no image folder at {paths.classification}"
     results["encoder"] = out
+
+
+def _patch_probe(args, model, paths: DataPaths, transform, timer, out, results) -> None:
+    """Dense linear probes of the tower's patch tokens, fitted on ``--probe_split``, scored on
+    ``--coco_split`` (its first ``--limit`` images)."""
+    if not args.probe_split:
+        return
+    fit_json = paths.coco_json("instances", args.probe_split)
+    if not fit_json.is_file():
+        results["unavailable"]["patch_probe"] = f"no {fit_json} to fit the probes on"
+        return
+    from cloc_mllm.eval.patch_probe import patch_probe
+
+    fit = load_coco_detection(fit_json, paths.coco / args.probe_split)
+    test = load_coco_detection(paths.coco_json("instances", args.coco_split), paths.coco / args.coco_split)
+    out["patch_probe"] = timer.run(
+        "patch_probe", patch_probe, model, fit, test, transform, [int(v) for v in args.probe_layers.split(",")],
+        args.probe_train_images, args.limit, args.batch_size,
+    )  # fmt: skip
 
 
 def write_outputs(

@@ -32,12 +32,21 @@ def parse_config(argv: list[str] | None = None) -> PipelineConfig:
     return config_for_profile(parsed.profile, **overrides)
 
 
+def same_settings(saved: dict, config: PipelineConfig) -> bool:
+    """Whether a run directory's saved settings are ``config``'s. A field added to PipelineConfig after
+    the run was made counts as the same while ``config`` keeps its default, so old runs still resume."""
+    current = asdict(config)
+    defaults = {f.name: f.default for f in fields(PipelineConfig)}
+    added = {k: v for k, v in current.items() if k not in saved and v == defaults[k]}
+    return {**saved, **added} == current
+
+
 def run_pipeline(config: PipelineConfig) -> dict:
     """Run every stage (skipping finished ones) and return the report dict."""
     run = Path(config.out_dir)
     run.mkdir(parents=True, exist_ok=True)
     saved = run / "pipeline_config.json"
-    if saved.is_file() and json.loads(saved.read_text()) != asdict(config):
+    if saved.is_file() and not same_settings(json.loads(saved.read_text()), config):
         raise ValueError(f"{saved}: this run directory was made with other settings; use a new --out_dir")
     saved.write_text(json.dumps(asdict(config), indent=1))
     world = run / "world"

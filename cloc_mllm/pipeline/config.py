@@ -53,6 +53,10 @@ class PipelineConfig:
     pretrain_lr: float = field(default=1e-3, metadata=_help("Peak pretraining learning rate."))
     warmup_steps: int = field(default=20, metadata=_help("Pretraining warmup steps."))
     max_regions: int = field(default=4, metadata=_help("Regions sampled per image (M)."))
+    region_head: str = field(
+        default="prompter",
+        metadata=_help("CLOC's region head: prompter (the paper's) or roialign (pooled patch tokens; the ablation)."),
+    )
     # LLaVA finetuning (same LLM init and data for both towers)
     llm_hidden_size: int = field(default=128, metadata=_help("Width of the tiny Llama."))
     llm_layers: int = field(default=2, metadata=_help("Layers of the tiny Llama."))
@@ -77,6 +81,8 @@ class PipelineConfig:
     def __post_init__(self):
         if self.profile not in PROFILES:
             raise ValueError(f"PipelineConfig.profile must be one of {sorted(PROFILES)}, got {self.profile!r}")
+        if self.region_head not in ("prompter", "roialign"):
+            raise ValueError(f"PipelineConfig.region_head must be prompter or roialign, got {self.region_head!r}")
         for name in ("num_train", "num_test", "pretrain_steps", "pretrain_batch_size", "finetune_steps", "num_ranks"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"PipelineConfig.{name} must be positive, got {getattr(self, name)!r}")

@@ -160,6 +160,11 @@ def write_report(out_dir: Path, config: dict, metrics: dict[str, dict], logs: di
     for key, label in (("region_recognition", "acc"), ("region_recognition", "mAcc"), ("image_text_retrieval", "i2t_R@1"),
                        ("image_text_retrieval", "i2t_R@5"), ("image_text_retrieval", "t2i_R@1"), ("image_text_retrieval", "t2i_R@5")):
         enc_rows.append([f"{key} {label}", _get(metrics["clip"], "encoder", key, label), _get(metrics["cloc"], "encoder", key, label)])
+    # What the LLaVA projector can read from single patch tokens (linear probes; cloc_mllm.eval.patch_probe).
+    for layer in metrics["cloc"].get("encoder", {}).get("patch_probe", {}).get("layers", {}):
+        for key, label in (("object_class_acc", "class on object patches"), ("position_acc", "grid position")):
+            path = ("encoder", "patch_probe", "layers", layer, key)
+            enc_rows.append([f"patch probe layer {layer}: {label}", _get(metrics["clip"], *path), _get(metrics["cloc"], *path)])
     splits = sorted(set(metrics["llava_cloc"].get("grounding", {})) | set(metrics["cloc"].get("grounding", {})))
     mllm_rows = [
         [s, _get(metrics["llava_clip"], "grounding", s, "any", "acc@0.5"), _get(metrics["llava_cloc"], "grounding", s, "any", "acc@0.5"),
@@ -178,6 +183,10 @@ def write_report(out_dir: Path, config: dict, metrics: dict[str, dict], logs: di
         "![claims](claims.png)",
         "",
         "## Encoders",
+        "Region recognition and retrieval are zero-shot (text-aligned embeddings). The patch probes are linear "
+        "classifiers fitted on single patch tokens of the tower (the tokens a LLaVA projector reads): the object "
+        "class under a patch, and which grid cell a token comes from.",
+        "",
         _table(["metric", "CLIP baseline", "CLOC"], enc_rows),
         "",
         "## MLLM grounding",

@@ -87,7 +87,7 @@ def train_shards(config: PipelineConfig, run_dir: Path) -> str:
 
 
 def pretrain(config: PipelineConfig, loss: str, shards: str, tokenizer: Path, out_dir: Path) -> None:
-    """One pretraining run; CLOC and the CLIP baseline differ only in ``loss``."""
+    """One pretraining run; CLOC and the CLIP baseline differ only in ``loss`` (and CLOC's region head)."""
     from cloc_mllm.training.config import PretrainConfig
     from cloc_mllm.training.trainer import train
 
@@ -95,6 +95,7 @@ def pretrain(config: PipelineConfig, loss: str, shards: str, tokenizer: Path, ou
         PretrainConfig(
             preset=config.preset,
             loss=loss,
+            region_head=config.region_head if loss == "cloc" else "prompter",
             train_shards=shards,
             tokenizer=str(tokenizer),
             max_regions=config.max_regions,
