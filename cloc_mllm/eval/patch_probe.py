@@ -80,8 +80,7 @@ def patch_tokens(
 
     ``layers`` index the vision tower's hidden states as LLaVA's ``mm_vision_select_layer`` does.
     """
-    device, tower = model_device(model), model.vision_model
-    grid = model.config.vision_config.image_size // model.config.vision_config.patch_size
+    device, tower, grid = model_device(model), model.vision_model, model.config.num_patches_per_side
     tokens: dict[int, list[Tensor]] = {layer: [] for layer in layers}
     labels = []
     for indices, pixels, outs, _ in image_batches(images, transform, batch_size, boxes=lambda im: im.boxes):
@@ -143,7 +142,7 @@ def patch_probe(
     (which of the N cells a token comes from; chance ``1 / N``)."""
     if train.categories != test.categories:
         raise ValueError("patch probe: the train and test detection sets have different category lists")
-    grid_cells = (model.config.vision_config.image_size // model.config.vision_config.patch_size) ** 2
+    grid_cells = model.config.num_patches_per_side**2
     num_classes = len(train.categories) + 1
     fit_tokens, fit_labels = patch_tokens(
         model, probe_images(train, train_images), transform, layers, batch_size

@@ -30,7 +30,7 @@ import torch
 import transformers
 
 from cloc_mllm.atomic_io import write_bytes_atomic
-from cloc_mllm.data.coco import load_coco_captions, load_coco_detection
+from cloc_mllm.data.coco import CocoDetection, load_coco_captions, load_coco_detection
 from cloc_mllm.data.imagefolder import load_image_folder
 from cloc_mllm.eval import encoder, report
 from cloc_mllm.eval.benchmarks import GROUNDING_SPLITS, GroundingBenchmark, load_grounding_benchmarks
@@ -81,7 +81,7 @@ class EvalArguments:
     )
     probe_split: str = field(
         default="train",
-        metadata={"help": "COCO split whose boxes fit the dense patch probes (train2017 for COCO); '' = none."},
+        metadata={"help": "COCO split whose boxes fit the patch probes (train2017 for COCO); '' = none."},
     )
     probe_layers: str = field(
         default="-1,-2", metadata={"help": "Tower layers probed, as LLaVA's mm_vision_select_layer counts."}
@@ -313,21 +313,19 @@ def _encoder(args, loaded, benchmarks, paths: DataPaths, timer, results) -> None
     )
     if det_json.is_file():
         detection = load_coco_detection(det_json, paths.coco / args.coco_split)
-        if args.limit:
-            detection.regions = detection.regions[: args.limit]
         out["region_recognition"] = timer.run(
             "region_recognition",
             encoder.region_recognition,
             model,
             tok,
-            detection,
+            CocoDetection(detection.categories, detection.regions[: args.limit]),
             transform,
             args.batch_size,
             head,
             encoder.TEMPLATE_SETS[args.templates],
         )
         out["region_recognition"]["head"] = head or model.config.region_head
-        _patch_probe(args, model, paths, transform, timer, out, results)
+        _patch_probe(args, model, detection, paths, transform, timer, out, results)
     else:
         results["unavailable"]["region_recognition"] = f"no {det_json}"
     if benchmarks:
@@ -369,9 +367,9 @@ def _encoder(args, loaded, benchmarks, paths: DataPaths, timer, results) -> None
     results["encoder"] = out
 
 
-def _patch_probe(args, model, paths: DataPaths, transform, timer, out, results) -> None:
-    """Dense linear probes of the tower's patch tokens, fitted on ``--probe_split``, scored on
-    ``--coco_split`` (its first ``--limit`` images)."""
+def _patch_probe(args, model, test: CocoDetection, paths: DataPaths, transform, timer, out, results) -> None:
+    """Dense linear probes of the tower's patch tokens, fitted on ``--probe_split``, scored on ``test``
+    (the ``--coco_split`` boxes; its first ``--limit`` images)."""
     if not args.probe_split:
         return
     fit_json = paths.coco_json("instances", args.probe_split)
@@ -381,7 +379,6 @@ def _patch_probe(args, model, paths: DataPaths, transform, timer, out, results) 
     from cloc_mllm.eval.patch_probe import patch_probe
 
     fit = load_coco_detection(fit_json, paths.coco / args.probe_split)
-    test = load_coco_detection(paths.coco_json("instances", args.coco_split), paths.coco / args.coco_split)
     out["patch_probe"] = timer.run(
         "patch_probe", patch_probe, model, fit, test, transform, [int(v) for v in args.probe_layers.split(",")],
         args.probe_train_images, args.limit, args.batch_size,
