@@ -36,6 +36,13 @@ RESULTS = {
     "encoder": {
         "region_recognition": {"mAcc": 0.711, "acc": 0.75, "n": 20, "head": "prompter"},
         "image_text_retrieval": {"i2t_R@1": 0.5, "t2i_R@1": 0.25, "n_images": 4},
+        "patch_probe": {
+            "layers": {"-2": {"object_class_acc": 0.3, "all_class_acc": 0.8, "position_acc": 0.6}},
+            "classes": 43,
+            "grid_cells": 64,
+            "object_patch_fraction": 0.25,
+            "test_patches": 128,
+        },
     },
     "unavailable": {"zero_shot_classification": "no image folder"},
 }
@@ -47,6 +54,8 @@ def test_markdown_tables_in_percent():
     assert "| flickr30k_test | 4 | 50.0 | 25.0 | 75.0 |" in md
     assert "| refcoco_val | 7 | 10.0 | 60.0 | 50.0 | – |" in md
     assert "| 20 | 71.1 | 75.0 | prompter |" in md
+    assert "| -2 | 30.0 | 80.0 | 60.0 |" in md  # patch probes
+    assert "chance is 2.3 (class) and 1.6 (position). 25% of the 128 test patches" in md
     assert "- zero_shot_classification: no image folder" in md
     assert "![grounding.png](grounding.png)" in md
 
@@ -69,6 +78,8 @@ def test_bar_charts_are_written(tmp_path):
             assert im.format == "PNG" and im.width > 200
     with Image.open(tmp_path / "h.png") as im:
         assert im.height > im.width  # horizontal layout for many groups
+    bars = report.encoder_bars(RESULTS["encoder"])
+    assert bars["patch class (layer -2)"] == {"score": 0.3} and bars["patch position (layer -2)"] == {"score": 0.6}
     assert report.grounding_bars(RESULTS["grounding"])["flickr30k_test"] == {
         "Acc@0.5 (any box)": 0.5,
         "first box": 0.25,

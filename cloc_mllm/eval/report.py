@@ -220,6 +220,9 @@ def encoder_bars(encoder: dict) -> dict[str, dict[str, float]]:
     values: dict[str, dict[str, float]] = {}
     if "region_recognition" in encoder:
         values["region recognition mAcc"] = {"score": encoder["region_recognition"]["mAcc"]}
+    for layer, m in encoder.get("patch_probe", {}).get("layers", {}).items():
+        values[f"patch class (layer {layer})"] = {"score": m["object_class_acc"]}
+        values[f"patch position (layer {layer})"] = {"score": m["position_acc"]}
     for bench, m in encoder.get("region_text_retrieval", {}).items():
         if "t2r_R@1" in m:
             values[f"{bench} text->region R@1"] = {"score": m["t2r_R@1"]}
