@@ -98,21 +98,24 @@ def patch_tokens(
 def fit_linear_probe(
     features: Tensor, targets: Tensor, num_classes: int, steps: int = 300, lr: float = 1e-2, seed: int = 0
 ) -> torch.nn.Module:
-    """A standardised linear classifier (features (M, C) -> num_classes), full-batch Adam."""
+    """A standardised linear classifier (features (M, C) -> num_classes), full-batch Adam.
+
+    The features are standardised once; the returned module applies the same standardisation to new ones.
+    """
     generator = torch.Generator().manual_seed(seed)
-    mean, std = features.mean(0), features.std(0).clamp_min(1e-5)
+    standardise = _Standardise(features.mean(0), features.std(0).clamp_min(1e-5))
+    standardised = standardise(features)
     linear = torch.nn.Linear(features.shape[1], num_classes)
     with torch.no_grad():
         linear.weight.copy_(torch.randn(linear.weight.shape, generator=generator) * 0.01)
         linear.bias.zero_()
-    probe = torch.nn.Sequential(_Standardise(mean, std), linear)
     optimiser = torch.optim.Adam(linear.parameters(), lr=lr)
     with torch.enable_grad():
         for _ in range(steps):
             optimiser.zero_grad()
-            F.cross_entropy(probe(features), targets).backward()
+            F.cross_entropy(linear(standardised), targets).backward()
             optimiser.step()
-    return probe.eval()
+    return torch.nn.Sequential(standardise, linear).eval()
 
 
 class _Standardise(torch.nn.Module):
