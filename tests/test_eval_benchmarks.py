@@ -95,6 +95,12 @@ def test_score_benchmark_statuses_and_pixels():
         "status_ok": 2,
         "loader_skipped_zero_area_box": 2,
     }
+    # centres in image units: target (.25, .25) twice; answered: hit (.25, .25), miss (.75, .75)
+    assert result["localisation"] == {
+        "centre_error": pytest.approx((0 + 0.5) / 2),
+        "centre_error_blind": pytest.approx(0.0),
+        "answered": 2,
+    }
 
 
 def test_region_targets_group_expressions_and_skip_multi_box():

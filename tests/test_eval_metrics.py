@@ -56,6 +56,21 @@ def test_score_grounding_hand_computed():
         metrics.score_grounding(predictions[:2], targets)
 
 
+def test_centre_errors_hand_computed():
+    sizes = [(100, 50), (100, 50), (100, 50)]
+    targets = [[(0, 0, 20, 10)], [(60, 20, 100, 50)], [(0, 0, 10, 10), (30, 40, 40, 50)]]  # last: merged
+    predictions = [[(10, 0, 30, 10)], [], [(0, 0, 40, 50), (0, 0, 1, 1)]]  # only the first box counts
+    got = metrics.centre_errors(predictions, targets, sizes)
+    # answered: items 0 and 2; centres (x/100, y/50): target (.1, .1) and (.2, .5), predicted (.2, .1) and (.2, .5)
+    assert got["answered"] == 2
+    assert got["centre_error"] == pytest.approx((0.1 + 0 + 0 + 0) / 4)
+    # blind guess = mean target centre (.15, .3): |dx| .05 .05, |dy| .2 .2
+    assert got["centre_error_blind"] == pytest.approx((0.05 + 0.2 + 0.05 + 0.2) / 4)
+    assert metrics.centre_errors([[]], targets[:1], sizes[:1])["centre_error"] is None
+    with pytest.raises(ValueError):
+        metrics.centre_errors(predictions, targets, sizes[:2])
+
+
 def test_retrieval_recall_hand_computed():
     sim = torch.tensor([[0.9, 0.1, 0.5], [0.2, 0.3, 0.8], [0.7, 0.6, 0.1]])
     pos = torch.tensor([[1, 0, 0], [1, 0, 0], [0, 0, 1]], dtype=torch.bool)

@@ -24,6 +24,7 @@ RESULTS = {
                 "n": 10,
             },
             "counts": {"status_unparseable": 3, "status_missing_image": 1},
+            "localisation": {"centre_error": 0.05, "centre_error_blind": 0.2, "answered": 6},
         },
         "flickr30k_test": {
             "any": {"acc@0.5": 0.5, "mean_iou": 0.4, "n": 4},
@@ -50,7 +51,7 @@ RESULTS = {
 
 def test_markdown_tables_in_percent():
     md = report.results_markdown(RESULTS, ["grounding.png"])
-    assert "| refcoco_val | 10 | 84.2 | – | – | 84.2 | 90.0 | 95.0 | 70.0 | 3 | 0 | 1 |" in md
+    assert "| refcoco_val | 10 | 84.2 | – | – | 84.2 | 90.0 | 95.0 | 70.0 | 5.0 | 20.0 | 3 | 0 | 1 |" in md
     assert "| flickr30k_test | 4 | 50.0 | 25.0 | 75.0 |" in md
     assert "| refcoco_val | 7 | 10.0 | 60.0 | 50.0 | – |" in md
     assert "| 20 | 71.1 | 75.0 | prompter |" in md

@@ -26,6 +26,8 @@ def test_profile_then_flags_override():
         config_for_profile("ci", steps=3)
     with pytest.raises(ValueError, match="region_head"):
         config_for_profile("ci", region_head="mean")
+    with pytest.raises(ValueError, match="instruction_kinds"):
+        config_for_profile("ci", instruction_kinds="grounding,captions")
 
 
 def test_runs_made_before_a_new_setting_still_resume():
@@ -47,6 +49,21 @@ def test_region_head_reaches_cloc_pretraining_only(tmp_path, monkeypatch):
     for loss in stages.ENCODERS:
         stages.pretrain(config, loss, "shards", tmp_path / "tokenizer", tmp_path / loss)
     assert seen == {"clip": "prompter", "cloc": "roialign"}
+
+
+def test_instruction_kinds_choose_the_turns(tmp_path):
+    from tests.eval_helpers import make_world
+
+    world = make_world(tmp_path / "world")
+    answers = {}
+    for kinds in ("grounding", "grounding,referring"):
+        out = tmp_path / f"{kinds}.json"
+        stages.instruction_data(config_for_profile("ci", instruction_kinds=kinds), world, out)
+        turns = [t for r in json.loads(out.read_text()) for t in r["conversations"] if t["from"] == "gpt"]
+        answers[kinds] = [t["value"].startswith("[") for t in turns]
+    assert answers["grounding"] and all(answers["grounding"])  # every answer is a box
+    assert len(answers["grounding,referring"]) == len(answers["grounding"])  # same facts, other turns
+    assert not all(answers["grounding,referring"])
 
 
 def _results(region_acc, i2t, ground):
@@ -73,7 +90,6 @@ def test_claims_directions_and_targets():
     assert claims["Region recognition top-1"].direction_ok and not claims["Region recognition top-1"].target_met
 
 
-@pytest.mark.slow
 def test_finished_stage_is_skipped_and_keeps_its_duration(tmp_path):
     from cloc_mllm.pipeline.stages import run_stage
 
@@ -87,6 +103,7 @@ def test_finished_stage_is_skipped_and_keeps_its_duration(tmp_path):
     assert run_stage(tmp_path / "old", "old", lambda: calls.append(3)) is None and calls == [1]
 
 
+@pytest.mark.slow
 def test_ci_profile_end_to_end(tmp_path):
     """The main job, reduced: every stage runs, the report has every section, CLOC beats CLIP on regions."""
     out = tmp_path / "run"

@@ -73,6 +73,37 @@ def score_grounding(
     return result
 
 
+def centre_errors(
+    predictions: Sequence[Sequence[Box]], targets: Sequence[Sequence[Box]], sizes: Sequence[tuple[int, int]]
+) -> dict[str, float | None]:
+    """Does a grounder look at the image at all? Centre error of its first box against a blind guess.
+
+    ``centre_error``: mean |dx| + |dy| / 2 between the first predicted box's centre and the target's
+    (the box enclosing all target boxes), in units of image width/height, over the answered items.
+    ``centre_error_blind``: the same for one constant guess, the mean target centre of these items: the
+    best an answer that ignores the image can do. A grounder near the blind figure answers from the
+    question's words and the data's box prior, whatever its Acc@0.5. ``sizes`` are (width, height).
+    """
+    if not len(predictions) == len(targets) == len(sizes):
+        raise ValueError(f"{len(predictions)} predictions, {len(targets)} targets, {len(sizes)} sizes")
+    answered = [i for i, predicted in enumerate(predictions) if predicted and targets[i]]
+    if not answered:
+        return {"centre_error": None, "centre_error_blind": None, "answered": 0}
+
+    def centres(boxes: list[Box]) -> Tensor:  # (N, 2) normalised centres
+        xyxy = torch.tensor(boxes, dtype=torch.float64)
+        scale = torch.tensor([sizes[i] for i in answered], dtype=torch.float64)
+        return (xyxy[:, :2] + xyxy[:, 2:]) / 2 / scale
+
+    predicted = centres([predictions[i][0] for i in answered])
+    target = centres([merge_boxes(targets[i]) for i in answered])
+    return {
+        "centre_error": (predicted - target).abs().mean().item(),
+        "centre_error_blind": (target - target.mean(dim=0)).abs().mean().item(),
+        "answered": len(answered),
+    }
+
+
 def retrieval_recall(
     similarity: Tensor, positives: Tensor, ks: Sequence[int] = (1, 5, 10)
 ) -> dict[str, float]:

@@ -70,10 +70,10 @@ def _table(header: Sequence[str], rows: Sequence[Sequence]) -> str:
 def grounding_table(grounding: dict[str, dict]) -> str:
     """Per benchmark: Acc@0.5 under each protocol, Recall@k (when predictions are ranked), counts."""
     header = ["benchmark", "n", "Acc@0.5", "Acc@0.5 first-box", "Acc@0.5 merged-box", "R@1", "R@5", "R@10"]
-    header += ["mean IoU", "unparseable", "empty", "missing image"]
+    header += ["mean IoU", "centre error", "blind centre error", "unparseable", "empty", "missing image"]
     rows = []
     for name, m in grounding.items():
-        any_, counts = m["any"], m["counts"]
+        any_, counts, where = m["any"], m["counts"], m.get("localisation", {})
         rows.append(
             [
                 name,
@@ -85,6 +85,8 @@ def grounding_table(grounding: dict[str, dict]) -> str:
                 any_.get("recall@5"),
                 any_.get("recall@10"),
                 any_["mean_iou"],
+                where.get("centre_error"),
+                where.get("centre_error_blind"),
                 counts.get("status_unparseable", 0),
                 counts.get("status_empty_answer", 0),
                 counts.get("status_missing_image", 0),

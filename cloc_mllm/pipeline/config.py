@@ -58,6 +58,10 @@ class PipelineConfig:
         metadata=_help("CLOC's region head: prompter (the paper's) or roialign (pooled patch tokens; the ablation)."),
     )
     # LLaVA finetuning (same LLM init and data for both towers)
+    instruction_kinds: str = field(
+        default="grounding,referring",
+        metadata=_help("Turn kinds of the instruction data (comma list of grounding, referring)."),
+    )
     llm_hidden_size: int = field(default=128, metadata=_help("Width of the tiny Llama."))
     llm_layers: int = field(default=2, metadata=_help("Layers of the tiny Llama."))
     vision_select_layer: int = field(
@@ -83,6 +87,11 @@ class PipelineConfig:
             raise ValueError(f"PipelineConfig.profile must be one of {sorted(PROFILES)}, got {self.profile!r}")
         if self.region_head not in ("prompter", "roialign"):
             raise ValueError(f"PipelineConfig.region_head must be prompter or roialign, got {self.region_head!r}")
+        kinds = self.instruction_kinds.split(",")
+        if not kinds or not set(kinds) <= {"grounding", "referring"}:
+            raise ValueError(
+                f"PipelineConfig.instruction_kinds must list grounding and/or referring, got {self.instruction_kinds!r}"
+            )
         for name in ("num_train", "num_test", "pretrain_steps", "pretrain_batch_size", "finetune_steps", "num_ranks"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"PipelineConfig.{name} must be positive, got {getattr(self, name)!r}")

@@ -171,6 +171,12 @@ def write_report(out_dir: Path, config: dict, metrics: dict[str, dict], logs: di
          _get(metrics["cloc"], "grounding", s, "any", "acc@0.5")]
         for s in splits
     ]  # fmt: skip
+    where = ("localisation", "centre_error")
+    centre_rows = [
+        [s, _get(metrics["llava_clip"], "grounding", s, *where), _get(metrics["llava_cloc"], "grounding", s, *where),
+         _get(metrics["cloc"], "grounding", s, *where), _get(metrics["llava_cloc"], "grounding", s, "localisation", "centre_error_blind")]
+        for s in splits
+    ]  # fmt: skip
     md = [
         "# cloc-mllm main job: CLIP vs CLOC on the synthetic world",
         "",
@@ -193,6 +199,11 @@ def write_report(out_dir: Path, config: dict, metrics: dict[str, dict], logs: di
         "Acc@0.5 per split: LLaVA on each exported tower (same LLM init, data and steps), and CLOC's own grounding head.",
         "",
         _table(["split", "LLaVA-CLIP", "LLaVA-CLOC", "CLOC grounding head"], mllm_rows),
+        "",
+        "Centre error of the answered box (% of the image side, lower is better) against the blind guess "
+        "(the test boxes' mean centre): an MLLM near the blind figure is not looking at the image.",
+        "",
+        _table(["split", "LLaVA-CLIP", "LLaVA-CLOC", "CLOC grounding head", "blind guess"], centre_rows),
         "",
         "![mllm](mllm_grounding.png)",
         "",

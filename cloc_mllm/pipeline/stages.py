@@ -136,7 +136,8 @@ def exported_tower(pretrain_dir: Path) -> Path:
 
 
 def instruction_data(config: PipelineConfig, world_dir: Path, out_path: Path) -> None:
-    """Grounding + referring conversations from RefCOCO/RefCOCO+/RefCOCOg train (refer layout)."""
+    """Grounding and/or referring conversations (``config.instruction_kinds``) from RefCOCO/RefCOCO+/
+    RefCOCOg train (refer layout)."""
     from cloc_mllm.data.refer import load_refer
     from cloc_mllm.mllm.instruct_builders import facts_to_conversations, refer_facts, write_records
 
@@ -144,7 +145,8 @@ def instruction_data(config: PipelineConfig, world_dir: Path, out_path: Path) ->
     for dataset, split_by in (("refcoco", "unc"), ("refcoco+", "unc"), ("refcocog", "umd")):
         refs = load_refer(world_dir / "refer", dataset=dataset, split_by=split_by, split="train")
         records += facts_to_conversations(
-            refer_facts(refs), dataset, image_root=world_dir / "refer", seed=config.seed
+            refer_facts(refs), dataset, kinds=config.instruction_kinds.split(","), image_root=world_dir / "refer",
+            seed=config.seed,
         )
     write_records(records, out_path)
 
