@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields, replace
 
+from cloc_mllm.mllm.instruct_builders import KINDS
+
 PROFILES: dict[str, dict] = {
     "ci": dict(
         num_train=240, num_val=40, num_test=60, pretrain_steps=80, pretrain_batch_size=32, warmup_steps=8,
@@ -88,10 +90,8 @@ class PipelineConfig:
         if self.region_head not in ("prompter", "roialign"):
             raise ValueError(f"PipelineConfig.region_head must be prompter or roialign, got {self.region_head!r}")
         kinds = self.instruction_kinds.split(",")
-        if not kinds or not set(kinds) <= {"grounding", "referring"}:
-            raise ValueError(
-                f"PipelineConfig.instruction_kinds must list grounding and/or referring, got {self.instruction_kinds!r}"
-            )
+        if not set(kinds) <= set(KINDS):
+            raise ValueError(f"PipelineConfig.instruction_kinds must list some of {KINDS}, got {self.instruction_kinds!r}")
         for name in ("num_train", "num_test", "pretrain_steps", "pretrain_batch_size", "finetune_steps", "num_ranks"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"PipelineConfig.{name} must be positive, got {getattr(self, name)!r}")
