@@ -12,14 +12,15 @@ from cloc_mllm.mllm.training import DataArguments, ModelArguments, TrainingArgum
 
 def main() -> None:
     parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
-    try:
-        train(*parser.parse_args_into_dataclasses())
-    finally:
-        # Tear the process group down before interpreter exit: left alive, its communication threads
-        # are destroyed while still joinable and the rank aborts ("terminate called without an active
-        # exception") after a successful run, which the launcher reports as a failure.
-        if dist.is_available() and dist.is_initialized():
-            dist.destroy_process_group()
+    train(*parser.parse_args_into_dataclasses())
+    if dist.is_available() and dist.is_initialized():
+        # Tear the process group down together, before interpreter exit. Left alive, its communication
+        # threads are destroyed while still joinable and the rank aborts ("terminate called without an
+        # active exception") after a successful run; torn down by a rank that finished early (ranks > 0
+        # skip the writing of the model), while rank 0 still uses its connections, the same abort was
+        # seen. The barrier makes every rank wait for the slowest before any shuts down.
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":
