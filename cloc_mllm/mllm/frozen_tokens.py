@@ -35,6 +35,7 @@ from cloc_mllm.eval.mllm_grounding import evaluate_mllm_grounding
 from cloc_mllm.eval.patch_probe import patch_labels
 from cloc_mllm.mllm.builder import LlavaBuildArgs, build_llava
 from cloc_mllm.mllm.data import LazySupervisedDataset, SupervisedCollator
+from cloc_mllm.mllm.region_prompts import boxes_to_model_frame
 from cloc_mllm.mllm.training import ModelArguments, set_trainable
 from cloc_mllm.training.monitor import LOG_FILE, plot_runs
 
@@ -111,10 +112,15 @@ def oracle_image_tokens(
 
 
 def oracle_tokens(
-    instances_path: str | Path, pixels_by_file: dict[str, Tensor], grid: int, hidden_size: int
+    instances_path: str | Path,
+    pixels_by_file: dict[str, Tensor],
+    image_processor,
+    grid: int,
+    hidden_size: int,
 ) -> dict[str, Tensor]:
     """Oracle tokens of every image of a COCO instances file that ``pixels_by_file`` (file name ->
-    preprocessed pixels) holds; images it does not hold are not needed and left out."""
+    preprocessed pixels) holds; images it does not hold are not needed and left out. Boxes are mapped
+    into the square ``image_processor`` makes, so each patch is labelled with what the tower sees there."""
     coco = json.loads(Path(instances_path).read_text())
     class_index = {cat["id"]: i for i, cat in enumerate(coco["categories"])}
     objects: dict[int, list[dict]] = {}
@@ -132,6 +138,7 @@ def oracle_tokens(
                 for x, y, w, h in (a["bbox"] for a in anns)
             ]
         ).reshape(-1, 4)
+        boxes = boxes_to_model_frame(boxes, (width, height), image_processor)
         classes = torch.tensor([class_index[a["category_id"]] for a in anns], dtype=torch.long)
         tokens = oracle_image_tokens(boxes, classes, len(class_index), grid, hidden_size)
         table[pixel_key(pixels_by_file[image["file_name"]])] = tokens
@@ -213,7 +220,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         by_file = {path.name: p for path, p in zip(paths, pixels, strict=True)}
         grid = tower.config.image_size // tower.config.patch_size
         instances = Path(args.refer_root) / "refcoco" / "instances.json"
-        table = oracle_tokens(instances, by_file, grid, tower.config.hidden_size)
+        table = oracle_tokens(instances, by_file, processor.image_processor, grid, tower.config.hidden_size)
     else:
         table = tower_tokens(tower, pixels, args.select_layer)
     model.model.vision_tower = TokenTable(table, tower.config.num_hidden_layers)
