@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import math
 import os
 import random
 from collections.abc import Sequence
@@ -38,6 +37,7 @@ from cloc_mllm.mllm.data import LazySupervisedDataset, SupervisedCollator
 from cloc_mllm.mllm.region_prompts import boxes_to_model_frame
 from cloc_mllm.mllm.training import ModelArguments, set_trainable
 from cloc_mllm.training.monitor import LOG_FILE, plot_runs
+from cloc_mllm.training.optim import warmup_cosine
 
 
 def pixel_key(pixels: Tensor) -> str:
@@ -155,10 +155,7 @@ def finetune_on_tokens(
     collate = SupervisedCollator(dataset.processor.tokenizer.pad_token_id)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    warmup = max(1, steps // 20)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps)))
-    )
+    schedule = warmup_cosine(optimizer, steps)
     device = params[0].device
     order: list[int] = []
     losses = []

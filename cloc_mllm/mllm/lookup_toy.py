@@ -15,7 +15,6 @@ on top of a lookup that already works (docs/mllm.md, "Two hops").
 from __future__ import annotations
 
 import json
-import math
 import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,6 +25,7 @@ from tqdm import tqdm
 from transformers import HfArgumentParser, LlamaConfig, LlamaForCausalLM
 
 from cloc_mllm.atomic_io import write_bytes_atomic
+from cloc_mllm.training.optim import warmup_cosine
 
 DIGITS = 10  # answer tokens 1..10 are the digits 0..9; token 0 is unused
 
@@ -165,11 +165,7 @@ def train_lookup_toy(config: LookupToyConfig) -> list[dict]:
     test = make_batch(config, random.Random(config.seed + 1), config.eval_size, config.gap)
     rng = random.Random(config.seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=0.0)
-    warmup = max(1, config.steps // 20)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer,
-        lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / config.steps))),
-    )
+    schedule = warmup_cosine(optimizer, config.steps)
     curve = []
     for step in tqdm(range(1, config.steps + 1), desc="lookup toy"):
         gap = 0 if step <= config.curriculum_steps else config.gap

@@ -59,6 +59,15 @@ def build_scheduler(
     )
 
 
+def warmup_cosine(optimizer: torch.optim.Optimizer, steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """The short experiment loops' schedule: linear warm-up over the first 5% of ``steps``, multiplied
+    into one cosine over all of them (no floor)."""
+    warmup = max(1, steps // 20)
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps)))
+    )
+
+
 @torch.no_grad()
 def clamp_temperatures(model: nn.Module, max_logit_scale: float) -> None:
     """Keep each trained log-temperature at most ln(100), as CLIP does after every step (a frozen one
