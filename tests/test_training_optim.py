@@ -11,6 +11,7 @@ from cloc_mllm.training.optim import (
     clamp_temperatures,
     cosine_lr_factor,
     param_groups,
+    warmup_cosine,
 )
 
 
@@ -67,3 +68,18 @@ def test_temperatures_are_clamped(tiny_config):
         model.region_logit_scale.fill_(7.0)
     clamp_temperatures(model, math.log(100.0))
     assert model.region_logit_scale.item() == 7.0  # frozen: not trained, not touched
+
+
+def test_warmup_cosine_rises_over_the_first_5_percent_then_decays_to_zero():
+    weight = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([weight], lr=2.0)
+    schedule = warmup_cosine(optimizer, steps=100)
+    lrs = []
+    for _ in range(100):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.step()
+    assert lrs[0] == pytest.approx(2.0 / 5)  # 1 of 5 warm-up steps
+    assert lrs[4] == pytest.approx(2.0 * 0.5 * (1 + math.cos(math.pi * 4 / 100)))  # warm-up done
+    assert all(b < a for a, b in zip(lrs[4:], lrs[5:]))  # then only down
+    assert lrs[-1] < 0.01
