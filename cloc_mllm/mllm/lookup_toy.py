@@ -88,7 +88,8 @@ def box_digits(box: tuple[int, int, int, int], grid: int) -> list[int]:
 def sample_scene(
     config: LookupToyConfig, rng: random.Random
 ) -> tuple[torch.Tensor, int, tuple[int, int, int, int]]:
-    """Non-overlapping squares of 1-3 cells, classes all different; returns features, asked class, its box."""
+    """Non-overlapping squares of 1-3 cells, classes all different (one with no free place after 50
+    tries is left out; rare on an 8 x 8 grid); returns features, the asked class and its box."""
     g = config.grid
     cells = torch.full((g, g), config.num_classes, dtype=torch.long)  # background id
     objects = []
