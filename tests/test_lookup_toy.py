@@ -67,3 +67,18 @@ def test_curriculum_trains_without_the_gap_first_then_with_it(capsys):
     assert [point["step"] for point in curve] == [3, 4]
     printed = capsys.readouterr().out
     assert "step 3 gap 0 " in printed and "step 4 gap 2 " in printed
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        dict(min_objects=3, max_objects=2),
+        dict(max_objects=43),
+        dict(min_objects=0),
+        dict(gap=-1),
+        dict(grid=2),
+    ],
+)
+def test_impossible_settings_are_refused_with_the_field_named(bad):
+    with pytest.raises(ValueError, match="LookupToyConfig"):
+        LookupToyConfig(**bad)

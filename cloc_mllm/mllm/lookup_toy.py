@@ -51,6 +51,18 @@ class LookupToyConfig:
     seed: int = 0
     out: str = field(default="", metadata={"help": "Write the accuracy curve here (json)."})
 
+    def __post_init__(self):
+        if not 1 <= self.min_objects <= self.max_objects <= self.num_classes:
+            raise ValueError(
+                f"LookupToyConfig: need 1 <= min_objects <= max_objects <= {self.num_classes} classes, "
+                f"got {self.min_objects} and {self.max_objects}"
+            )
+        if self.grid < 3 or self.gap < 0 or self.steps < 1 or self.eval_every < 1:
+            raise ValueError(
+                f"LookupToyConfig: need grid >= 3 (objects are up to 3 cells), gap >= 0, steps >= 1 and "
+                f"eval_every >= 1, got {self.grid}, {self.gap}, {self.steps}, {self.eval_every}"
+            )
+
     @property
     def num_classes(self) -> int:
         return self.num_colours * self.num_shapes
