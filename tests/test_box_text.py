@@ -1,6 +1,6 @@
 import pytest
 
-from cloc_mllm.mllm.box_text import format_box, parse_boxes
+from cloc_mllm.mllm.box_text import format_box, format_box_numbers, parse_boxes
 
 
 def approx_boxes(boxes, abs=1e-6):
@@ -13,6 +13,14 @@ def test_format_box_canonical_and_clamped():
     assert format_box((-0.2, 0.5, 1.7, 0.5)) == "[0, 500, 999, 500]"
     with pytest.raises(ValueError, match="4 numbers"):
         format_box((0.1, 0.2, 0.3))
+
+
+def test_box_numbers_are_the_box_without_brackets():
+    box = (0.1, 0.2, 0.5, 0.9)
+    assert (
+        format_box_numbers(box) == "100, 200, 500, 899" and format_box(box) == f"[{format_box_numbers(box)}]"
+    )
+    assert parse_boxes(format_box_numbers(box)) == []  # not an answer the evaluation would accept
 
 
 def test_round_trip_within_one_step():

@@ -79,6 +79,24 @@ def test_flickr_phrases_with_several_boxes(world):
     assert answer == "[100, 100, 200, 200], [500, 500, 899, 899]"
 
 
+def test_phrase_turns_put_the_box_numbers_after_the_words():
+    facts = [
+        Fact("x.jpg", "The red circle", ((0.1, 0.2, 0.3, 0.4),)),
+        Fact("x.jpg", "two dogs", ((0.1, 0.1, 0.2, 0.2), (0.5, 0.5, 0.9, 0.9))),
+    ]
+    (record,) = facts_to_conversations(facts, "p", kinds=["phrase"], seed=1)
+    turns = {
+        t["value"].removeprefix("<image>\n"): a["value"] for t, a in zip(*[iter(record["conversations"])] * 2)
+    }
+    assert turns == {
+        " the red circle": "100, 200, 300, 400",
+        " two dogs": "100, 100, 200, 200; 500, 500, 899, 899",
+    }
+    assert record["conversations"][0]["value"].startswith("<image>\n ")
+    with pytest.raises(ValueError, match="cannot share a file"):
+        facts_to_conversations(facts, "p", kinds=["phrase", "grounding"])
+
+
 def test_cli_writes_json_the_dataset_accepts(world, tmp_path):
     out = tmp_path / "inst.json"
     main(["refer", str(world / "refer"), "--dataset", "refcocog", "--split_by", "umd", "--split", "train",

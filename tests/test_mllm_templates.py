@@ -3,6 +3,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
 from cloc_mllm.mllm.templates import (
+    PLAIN,
     VICUNA_V1,
     render_prompt,
     render_with_answer_spans,
@@ -23,18 +24,24 @@ def tokenizer():
     return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
 
 
+def _two_turns(q1: str, a1: str, q2: str, a2: str) -> list[dict[str, str]]:
+    values = (q1, a1, q2, a2)
+    return to_messages([{"from": speaker, "value": v} for speaker, v in zip(["human", "gpt"] * 2, values)])
+
+
 def test_vicuna_v1_matches_llava_format(tokenizer):
-    messages = to_messages(
-        [
-            {"from": "human", "value": "<image>\nq1"},
-            {"from": "gpt", "value": "a1"},
-            {"from": "human", "value": "q2"},
-            {"from": "gpt", "value": "a2"},
-        ]
-    )
+    messages = _two_turns("<image>\nq1", "a1", "q2", "a2")
     text, spans = render_with_answer_spans(tokenizer, messages, VICUNA_V1)
     assert text == f"<s>{SYSTEM} USER: <image>\nq1 ASSISTANT: a1</s>USER: q2 ASSISTANT: a2</s>"
     assert [text[s:e] for s, e in spans] == [" a1</s>", " a2</s>"]
+
+
+def test_plain_puts_each_answer_right_after_its_prompt(tokenizer):
+    messages = _two_turns("<image>\n the red circle", "1, 2, 3, 4", " the cat", "5, 6, 7, 8")
+    text, spans = render_with_answer_spans(tokenizer, messages, PLAIN)
+    assert text == "<s><image>\n the red circle1, 2, 3, 4</s> the cat5, 6, 7, 8</s>"
+    assert [text[s:e] for s, e in spans] == ["1, 2, 3, 4</s>", "5, 6, 7, 8</s>"]
+    assert render_prompt(tokenizer, " the cat", PLAIN) == "<s><image>\n the cat"
 
 
 def test_generation_prompt_and_structured_content(tokenizer):

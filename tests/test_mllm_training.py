@@ -10,12 +10,13 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import AutoTokenizer, HfArgumentParser, LlavaForConditionalGeneration
+from transformers import AutoProcessor, AutoTokenizer, HfArgumentParser, LlavaForConditionalGeneration
 
 from cloc_mllm.data.synthetic import SyntheticWorldConfig, write_world
 from cloc_mllm.mllm.builder import LlavaBuildArgs, build_llava
 from cloc_mllm.mllm.inference import generate_answers, load_mllm
 from cloc_mllm.mllm.lora import merge_lora
+from cloc_mllm.mllm.templates import PLAIN, VICUNA_V1
 from cloc_mllm.mllm.tiny import write_tiny_llm, write_tiny_tower
 from cloc_mllm.mllm.training import (
     PROJECTOR_FILE,
@@ -23,6 +24,7 @@ from cloc_mllm.mllm.training import (
     DataArguments,
     ModelArguments,
     TrainingArguments,
+    load_llava_weights,
     load_projector,
     train,
 )
@@ -151,6 +153,45 @@ def test_stage1_saves_projector_only_and_stage2_starts_from_it(world, tmp_path):
     other, _ = build_llava(LlavaBuildArgs(world["tower"], world["llm"], mm_projector_type="mlp3x_gelu"))
     with pytest.raises(ValueError, match="projector weights do not fit"):
         load_projector(other, stage1)
+
+
+def test_phrase_warmup_then_chat_finetune_continues_from_it(world, tmp_path):
+    records = json.loads(Path(world["data"]).read_text())
+    phrases = [
+        {
+            **r,
+            "conversations": [
+                {"from": "human", "value": "<image>\n the thing"},
+                {"from": "gpt", "value": "1, 2, 3, 4"},
+            ],
+        }
+        for r in records
+    ]
+    (tmp_path / "phrases.json").write_text(json.dumps(phrases))
+    warm = tmp_path / "warm"
+    _train(
+        world, warm, "--version", "plain", "--data_path", str(tmp_path / "phrases.json"), "--max_steps", "4"
+    )
+    assert AutoProcessor.from_pretrained(warm).chat_template == PLAIN
+    warmed = LlavaForConditionalGeneration.from_pretrained(warm)
+
+    _train(world, tmp_path / "chat", "--init_from", str(warm), "--max_steps", "2")
+    chat = LlavaForConditionalGeneration.from_pretrained(tmp_path / "chat")
+    assert AutoProcessor.from_pretrained(tmp_path / "chat").chat_template == VICUNA_V1
+    fresh, _ = build_llava(LlavaBuildArgs(world["tower"], world["llm"], model_max_length=320))
+    for name in (
+        "model.multi_modal_projector.linear_1.weight",
+        "model.language_model.layers.0.mlp.up_proj.weight",
+    ):
+        start, end = warmed.get_parameter(name), chat.get_parameter(name)
+        assert 0 < (end - start).abs().max() < 0.05, name  # two small steps on from the warm-up...
+        assert (end - fresh.get_parameter(name)).abs().max() > (end - start).abs().max(), (
+            name
+        )  # ...not from scratch
+
+    other, _ = build_llava(LlavaBuildArgs(world["tower"], world["llm"], mm_projector_type="mlp3x_gelu"))
+    with pytest.raises(ValueError, match="do not fit"):
+        load_llava_weights(other, warm)
 
 
 def test_lora_trains_merges_and_loads(world, tmp_path):

@@ -28,6 +28,10 @@ def test_profile_then_flags_override():
         config_for_profile("ci", region_head="mean")
     with pytest.raises(ValueError, match="instruction_kinds"):
         config_for_profile("ci", instruction_kinds="grounding,captions")
+    with pytest.raises(ValueError, match="instruction_kinds"):
+        config_for_profile("ci", instruction_kinds="grounding,phrase")  # the warm-up has its own file
+    with pytest.raises(ValueError, match="phrase_steps"):
+        config_for_profile("ci", phrase_steps=-1)
 
 
 def test_runs_made_before_a_new_setting_still_resume():
@@ -56,13 +60,15 @@ def test_instruction_kinds_choose_the_turns(tmp_path):
 
     world = make_world(tmp_path / "world")
     answers = {}
-    for kinds in ("grounding", "grounding,referring"):
+    for kinds in ("grounding", "grounding,referring", "phrase"):
         out = tmp_path / f"{kinds}.json"
-        stages.instruction_data(config_for_profile("ci", instruction_kinds=kinds), world, out)
+        stages.instruction_data(config_for_profile("ci"), world, out, kinds.split(","))
         turns = [t for r in json.loads(out.read_text()) for t in r["conversations"] if t["from"] == "gpt"]
         answers[kinds] = [t["value"].startswith("[") for t in turns]
+        if kinds == "phrase":
+            assert all(t["value"][0].isdigit() for t in turns)  # the warm-up's box numbers, no bracket
     assert answers["grounding"] and all(answers["grounding"])  # every answer is a box
-    assert len(answers["grounding,referring"]) == len(answers["grounding"])  # same facts, other turns
+    assert len(answers["grounding,referring"]) == len(answers["grounding"]) == len(answers["phrase"])
     assert not all(answers["grounding,referring"])
 
 

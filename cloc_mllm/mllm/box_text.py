@@ -20,10 +20,16 @@ _BOX_PATTERN = re.compile(
 
 def format_box(box: Sequence[float]) -> str:
     """Normalised xyxy in [0, 1] -> ``"[x1, y1, x2, y2]"`` with integers 0-999."""
+    return "[" + format_box_numbers(box) + "]"
+
+
+def format_box_numbers(box: Sequence[float]) -> str:
+    """The box's numbers without brackets, ``"x1, y1, x2, y2"``: the grounded-phrase warm-up answers
+    this right after the object's words, so x1's first digit is the very next token."""
     if len(box) != 4:
         raise ValueError(f"a box has 4 numbers, got {len(box)}: {box!r}")
     ints = [min(BOX_TEXT_SCALE, max(0, round(float(v) * BOX_TEXT_SCALE))) for v in box]
-    return "[" + ", ".join(str(v) for v in ints) + "]"
+    return ", ".join(str(v) for v in ints)
 
 
 def _normalise(values: list[float], image_size: tuple[int, int] | None) -> Box | None:

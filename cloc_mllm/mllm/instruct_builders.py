@@ -1,8 +1,10 @@
 """RefCOCO/RefCOCO+/RefCOCOg (refer layout) and Flickr30k Entities -> LLaVA instruction json.
 
-Two kinds of turns, boxes in Ferret's 0-999 text (``box_text.format_box``), relative to the original
-image: **grounding** ("Where is the man on the left?" -> "[x1, y1, x2, y2]") and **referring** ("What is
-in [x1, y1, x2, y2]?" -> the expression). With ``region_token`` a referring question also carries a
+Two kinds of chat turns, boxes in Ferret's 0-999 text (``box_text.format_box``), relative to the
+original image: **grounding** ("Where is the man on the left?" -> "[x1, y1, x2, y2]") and **referring**
+("What is in [x1, y1, x2, y2]?" -> the expression). A third kind, **phrase**, is the grounded-phrase
+warm-up for the ``plain`` template: the expression alone, answered by the box's numbers, so that the
+first digit directly follows the object's words (" the man on the left" -> "x1, y1, x2, y2"). With ``region_token`` a referring question also carries a
 ``<region>`` placeholder after the box and the record lists that box under ``"regions"`` (Ferret*).
 Turns about one image are grouped into conversations of up to ``turns_per_record`` so the image is
 encoded once for several answers.
@@ -25,12 +27,13 @@ from PIL import Image
 
 from cloc_mllm.data.flickr30k import FlickrPhrase, load_flickr30k_entities
 from cloc_mllm.data.refer import RefRecord, load_refer
-from cloc_mllm.mllm.box_text import format_box
+from cloc_mllm.mllm.box_text import format_box, format_box_numbers
 from cloc_mllm.mllm.templates import IMAGE_TOKEN, REGION_TOKEN
 
 GROUNDING_QUESTIONS = ("Where is {}?", "Give the box of {}.", "Locate {} in the image.")
 REFERRING_QUESTIONS = ("What is in {}?", "What object is at {}?")
-KINDS = ("grounding", "referring")
+CHAT_KINDS = ("grounding", "referring")
+KINDS = (*CHAT_KINDS, "phrase")
 
 Box = tuple[float, float, float, float]
 
@@ -98,6 +101,10 @@ def flickr_facts(records: Sequence[FlickrPhrase]) -> list[Fact]:
 
 def _turn(fact: Fact, kind: str, rng: random.Random, region_token: bool) -> tuple[str, str, list[Box]]:
     """(question, answer, boxes referred to by <region> placeholders in the question)."""
+    if kind == "phrase":
+        # The leading space makes the first word tokenize as it does mid-sentence.
+        answer = "; ".join(format_box_numbers(b) for b in fact.boxes)
+        return " " + _mid_sentence(fact.expression), answer, []
     if kind == "grounding":
         question = rng.choice(GROUNDING_QUESTIONS).format(_mid_sentence(fact.expression))
         return question, ", ".join(format_box(b) for b in fact.boxes), []
@@ -118,10 +125,15 @@ def facts_to_conversations(
     """LLaVA records: the facts of each image, shuffled, ``turns_per_record`` per conversation.
 
     Each turn's kind is drawn from ``kinds``. ``image`` is relative to ``image_root`` when given.
+    ``phrase`` records are for the ``plain`` template and cannot be mixed with the chat kinds.
     """
     unknown = set(kinds) - set(KINDS)
     if unknown or not kinds:
         raise ValueError(f"kinds must be some of {KINDS}, got {list(kinds)}")
+    if "phrase" in kinds and len(set(kinds)) > 1:
+        raise ValueError(
+            f"phrase turns (plain template) cannot share a file with chat turns, got {list(kinds)}"
+        )
     rng = random.Random(seed)
     by_image: dict[str, list[Fact]] = defaultdict(list)
     for fact in facts:

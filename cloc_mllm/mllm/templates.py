@@ -16,9 +16,9 @@ from transformers import PreTrainedTokenizerBase
 IMAGE_TOKEN = "<image>"
 REGION_TOKEN = "<region>"
 
-# LLaVA-1.5 (conv_vicuna_v1): "SYSTEM USER: q ASSISTANT: a</s>USER: q2 ASSISTANT:".
-# Content may be a string holding "<image>" or a list of {"type": "image"} / {"type": "text"} parts.
-VICUNA_V1 = (
+# Every template starts with bos and renders a message's content with this macro: content may be a
+# string holding "<image>" or a list of {"type": "image"} / {"type": "text"} parts.
+_RENDER_CONTENT = (
     "{%- macro render(content) -%}"
     "{%- if content is string -%}{{ content }}"
     "{%- else -%}"
@@ -27,7 +27,11 @@ VICUNA_V1 = (
     "{%- endif -%}"
     "{%- endmacro -%}"
     "{%- if bos_token -%}{{ bos_token }}{%- endif -%}"
-    "{%- if messages[0]['role'] == 'system' -%}{{ render(messages[0]['content']) + ' ' }}"
+)
+
+# LLaVA-1.5 (conv_vicuna_v1): "SYSTEM USER: q ASSISTANT: a</s>USER: q2 ASSISTANT:".
+VICUNA_V1 = (
+    _RENDER_CONTENT + "{%- if messages[0]['role'] == 'system' -%}{{ render(messages[0]['content']) + ' ' }}"
     "{%- else -%}{{ 'A chat between a curious human and an artificial intelligence assistant. "
     "The assistant gives helpful, detailed, and polite answers to the human\\'s questions. ' }}"
     "{%- endif -%}"
@@ -39,7 +43,18 @@ VICUNA_V1 = (
     "{%- if add_generation_prompt -%}{{ 'ASSISTANT:' }}{%- endif -%}"
 )
 
-TEMPLATES = {"vicuna_v1": VICUNA_V1}
+# LLaVA's "plain" (its stage-1 format): no system text and no roles, each answer follows its prompt
+# directly and ends with eos. Used for the grounded-phrase warm-up, where the box must come right after
+# the object's words ("<image>\n the red circle" + "117, 562, 460, 905</s>").
+PLAIN = (
+    _RENDER_CONTENT + "{%- for message in messages if message['role'] != 'system' -%}"
+    "{%- if message['role'] == 'user' -%}{{ render(message['content']) }}"
+    "{%- else -%}{{ render(message['content']) + eos_token }}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+)
+
+TEMPLATES = {"vicuna_v1": VICUNA_V1, "plain": PLAIN}
 _ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
 
 

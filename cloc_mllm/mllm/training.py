@@ -43,7 +43,7 @@ class ModelArguments:
     model_name_or_path: str = field(metadata={"help": "causal language model (hub id or dir)"})
     vision_tower: str = field(metadata={"help": "CLIP-format tower dir: exported CLOC tower or HF CLIP"})
     version: str = field(
-        default="vicuna_v1", metadata={"help": "conversation template: vicuna_v1 | tokenizer"}
+        default="vicuna_v1", metadata={"help": "conversation template: vicuna_v1 | plain | tokenizer"}
     )
     mm_projector_type: str = field(default="mlp2x_gelu", metadata={"help": "linear | mlp<N>x_gelu"})
     mm_vision_select_layer: int = field(default=-2, metadata={"help": "tower layer fed to the projector"})
@@ -53,6 +53,10 @@ class ModelArguments:
     )
     pretrain_mm_mlp_adapter: str | None = field(
         default=None, metadata={"help": "stage-1 projector file or dir"}
+    )
+    init_from: str | None = field(
+        default=None,
+        metadata={"help": "saved LLaVA (e.g. the grounded-phrase warm-up) to take projector and LLM from"},
     )
     freeze_vision_tower: bool = field(default=True, metadata={"help": "keep the vision tower frozen"})
     freeze_backbone: bool = field(default=False, metadata={"help": "keep the language model frozen"})
@@ -119,6 +123,26 @@ def load_projector(model: transformers.PreTrainedModel, path: str | Path) -> Non
     needed = {f"{PROJECTOR}.{name}" for name, _ in getattr(model.model, PROJECTOR).named_parameters()}
     if result.unexpected_keys or needed & set(result.missing_keys):
         raise ValueError(f"{path}: projector weights do not fit this model ({result})")
+
+
+def load_llava_weights(model: transformers.PreTrainedModel, path: str | Path) -> None:
+    """Everything but the vision tower from a saved LLaVA of the same shape: continue from an earlier
+    stage that trained the language model too (the grounded-phrase warm-up), with this run's tower.
+
+    The checkpoint is loaded with ``from_pretrained``, which knows its key layout; the price is a
+    second copy of the model in host memory while copying.
+    """
+    source = type(model).from_pretrained(path, dtype=model.dtype)
+    state = {key: value for key, value in source.state_dict().items() if "vision_tower." not in key}
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as err:
+        raise ValueError(f"{path}: its weights do not fit this model ({err})") from err
+    missing = [key for key in result.missing_keys if "vision_tower." not in key]
+    if missing or result.unexpected_keys:
+        raise ValueError(
+            f"{path}: its weights do not fit this model (missing {missing}, unexpected {result.unexpected_keys})"
+        )
 
 
 def save_projector(state_dict: dict[str, torch.Tensor], out_dir: str | Path) -> Path:
@@ -212,11 +236,17 @@ def train(model_args: ModelArguments, data_args: DataArguments, training_args: T
     )
     if quant is not None and not training_args.lora_enable:
         raise ValueError("--bits 4/8 trains adapters only: add --lora_enable")
+    if model_args.init_from and (quant is not None or model_args.pretrain_mm_mlp_adapter):
+        raise ValueError(
+            "--init_from brings the projector and full-precision LLM weights: drop --bits and --pretrain_mm_mlp_adapter"
+        )
     build_args = build_args_from(model_args, data_args, training_args)
     with _whole_model_loading(training_args):
         model, processor = build_llava(build_args, dtype=dtype, quantization_config=quant)
     if model_args.pretrain_mm_mlp_adapter:
         load_projector(model, model_args.pretrain_mm_mlp_adapter)
+    if model_args.init_from:
+        load_llava_weights(model, model_args.init_from)
     set_trainable(model, model_args)
     if training_args.gradient_checkpointing:
         model.enable_input_require_grads()

@@ -63,13 +63,21 @@ def run_pipeline(config: PipelineConfig) -> dict:
         out = run / "pretrain" / loss
         timed(out, f"pretrain_{loss}", lambda out=out, loss=loss: stages.pretrain(config, loss, shards, world / "tokenizer", out))
 
-    data = run / "finetune" / "train.json"
+    data, phrases = run / "finetune" / "train.json", run / "finetune" / "phrases.json"
     llm = run / "finetune" / "llm"
-    timed(run / "finetune" / "data", "instruction_data", lambda: stages.instruction_data(config, world, data))
+    kinds = config.instruction_kinds.split(",")
+    timed(run / "finetune" / "data", "instruction_data", lambda: stages.instruction_data(config, world, data, kinds))
+    if config.phrase_steps:
+        timed(run / "finetune" / "phrase_data", "phrase_data", lambda: stages.instruction_data(config, world, phrases, ["phrase"]))
     timed(llm, "tiny_llm", lambda: stages.tiny_llm(config, world / "tokenizer", llm))
     for loss in stages.ENCODERS:
         tower, out = stages.exported_tower(run / "pretrain" / loss), run / "finetune" / f"llava_{loss}"
-        timed(out, f"finetune_{loss}", lambda tower=tower, out=out: stages.finetune(config, llm, tower, data, world / "refer", out))
+        warm = run / "finetune" / f"phrases_{loss}" if config.phrase_steps else None
+        if warm is not None:
+            timed(warm, f"phrases_{loss}", lambda tower=tower, warm=warm: stages.finetune(
+                config, llm, tower, phrases, world / "refer", warm, config.phrase_steps, template="plain"))
+        timed(out, f"finetune_{loss}", lambda tower=tower, out=out, warm=warm: stages.finetune(
+            config, llm, tower, data, world / "refer", out, config.finetune_steps, init_from=warm))
 
     evaluations = {
         "clip": (stages.final_checkpoint(run / "pretrain" / "clip"), "encoder", "clip_roialign"),

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields, replace
 
-from cloc_mllm.mllm.instruct_builders import KINDS
+from cloc_mllm.mllm.instruct_builders import CHAT_KINDS
 
 PROFILES: dict[str, dict] = {
     "ci": dict(
@@ -69,6 +69,13 @@ class PipelineConfig:
     vision_select_layer: int = field(
         default=-2, metadata=_help("Tower layer fed to the projector (LLaVA's -2; -1 = the last).")
     )
+    phrase_steps: int = field(
+        default=0,
+        metadata=_help(
+            "Grounded-phrase warm-up steps per tower before the chat finetuning (plain template, the box "
+            "right after the expression; 0 = none)."
+        ),
+    )
     finetune_steps: int = field(default=100, metadata=_help("Finetuning steps per tower."))
     finetune_batch_size: int = field(default=16, metadata=_help("Global finetuning batch (records)."))
     finetune_lr: float = field(default=1e-3, metadata=_help("Finetuning learning rate."))
@@ -90,8 +97,12 @@ class PipelineConfig:
         if self.region_head not in ("prompter", "roialign"):
             raise ValueError(f"PipelineConfig.region_head must be prompter or roialign, got {self.region_head!r}")
         kinds = self.instruction_kinds.split(",")
-        if not set(kinds) <= set(KINDS):
-            raise ValueError(f"PipelineConfig.instruction_kinds must list some of {KINDS}, got {self.instruction_kinds!r}")
+        if not set(kinds) <= set(CHAT_KINDS):
+            raise ValueError(
+                f"PipelineConfig.instruction_kinds must list some of {CHAT_KINDS}, got {self.instruction_kinds!r}"
+            )
+        if self.phrase_steps < 0:
+            raise ValueError(f"PipelineConfig.phrase_steps must be >= 0, got {self.phrase_steps!r}")
         for name in ("num_train", "num_test", "pretrain_steps", "pretrain_batch_size", "finetune_steps", "num_ranks"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"PipelineConfig.{name} must be positive, got {getattr(self, name)!r}")

@@ -135,9 +135,9 @@ def exported_tower(pretrain_dir: Path) -> Path:
 # ----- LLaVA finetuning --------------------------------------------------------------------------
 
 
-def instruction_data(config: PipelineConfig, world_dir: Path, out_path: Path) -> None:
-    """Grounding and/or referring conversations (``config.instruction_kinds``) from RefCOCO/RefCOCO+/
-    RefCOCOg train (refer layout)."""
+def instruction_data(config: PipelineConfig, world_dir: Path, out_path: Path, kinds: list[str]) -> None:
+    """Conversations of ``kinds`` (grounding / referring chat turns, or the ``phrase`` warm-up) from
+    RefCOCO/RefCOCO+/RefCOCOg train (refer layout)."""
     from cloc_mllm.data.refer import load_refer
     from cloc_mllm.mllm.instruct_builders import facts_to_conversations, refer_facts, write_records
 
@@ -145,8 +145,7 @@ def instruction_data(config: PipelineConfig, world_dir: Path, out_path: Path) ->
     for dataset, split_by in (("refcoco", "unc"), ("refcoco+", "unc"), ("refcocog", "umd")):
         refs = load_refer(world_dir / "refer", dataset=dataset, split_by=split_by, split="train")
         records += facts_to_conversations(
-            refer_facts(refs), dataset, kinds=config.instruction_kinds.split(","), image_root=world_dir / "refer",
-            seed=config.seed,
+            refer_facts(refs), dataset, kinds=kinds, image_root=world_dir / "refer", seed=config.seed
         )
     write_records(records, out_path)
 
@@ -162,8 +161,12 @@ def tiny_llm(config: PipelineConfig, tokenizer_dir: Path, out_dir: Path) -> None
     )
 
 
-def finetune(config: PipelineConfig, llm: Path, tower: Path, data: Path, image_root: Path, out_dir: Path) -> None:
-    """``deepspeed finetune/train.py`` (or plain python when no DeepSpeed config is given)."""
+def finetune(
+    config: PipelineConfig, llm: Path, tower: Path, data: Path, image_root: Path, out_dir: Path,
+    steps: int, template: str = "vicuna_v1", init_from: Path | None = None,
+) -> None:
+    """``deepspeed finetune/train.py`` (or plain python when no DeepSpeed config is given), ``steps``
+    steps on ``data`` in ``template``, starting from the LLaVA in ``init_from`` when given."""
     per_rank = max(1, config.finetune_batch_size // config.num_ranks)
     args = [
         str(REPO_ROOT / "finetune" / "train.py"),
@@ -171,12 +174,14 @@ def finetune(config: PipelineConfig, llm: Path, tower: Path, data: Path, image_r
         "--data_path", str(data), "--image_folder", str(image_root), "--output_dir", str(out_dir),
         "--mm_projector_type", "mlp2x_gelu", "--mm_vision_select_layer", str(config.vision_select_layer),
         "--freeze_vision_tower", "True",
-        "--max_steps", str(config.finetune_steps), "--per_device_train_batch_size", str(per_rank),
-        "--learning_rate", str(config.finetune_lr), "--lr_scheduler_type", "cosine", "--warmup_steps", str(max(1, config.finetune_steps // 20)),
+        "--version", template, "--max_steps", str(steps), "--per_device_train_batch_size", str(per_rank),
+        "--learning_rate", str(config.finetune_lr), "--lr_scheduler_type", "cosine", "--warmup_steps", str(max(1, steps // 20)),
         "--weight_decay", "0.0", "--model_max_length", "512", "--logging_steps", "10",
         "--save_strategy", "no", "--report_to", "tensorboard", "--seed", str(config.seed),
         "--dataloader_num_workers", "0",
     ]
+    if init_from is not None:
+        args += ["--init_from", str(init_from)]
     if not torch.cuda.is_available():
         args += ["--use_cpu", "True"]  # CPU ranks talk over gloo
     if config.deepspeed:
