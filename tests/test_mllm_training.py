@@ -176,6 +176,7 @@ def test_phrase_warmup_then_chat_finetune_continues_from_it(world, tmp_path):
     warmed = LlavaForConditionalGeneration.from_pretrained(warm)
 
     _train(world, tmp_path / "chat", "--init_from", str(warm), "--max_steps", "2")
+    assert json.loads((tmp_path / "chat" / SUMMARY_FILE).read_text())["model_args"]["init_from"] == str(warm)
     chat = LlavaForConditionalGeneration.from_pretrained(tmp_path / "chat")
     assert AutoProcessor.from_pretrained(tmp_path / "chat").chat_template == VICUNA_V1
     fresh, _ = build_llava(LlavaBuildArgs(world["tower"], world["llm"], model_max_length=320))

@@ -126,6 +126,9 @@ def test_ci_profile_end_to_end(tmp_path):
     region = next(c for c in report["claims"] if c["name"].startswith("Region recognition"))
     assert region["cloc"] > region["clip"], region
     assert set(report["metrics"]) == {"clip", "cloc", "llava_clip", "llava_cloc"}
+    assert {"phrases_clip", "phrases_cloc"} <= set(report["timings_s"])  # the warm-up ran before the chat
+    summary = json.loads((out / "finetune" / "llava_cloc" / "train_summary.json").read_text())
+    assert summary["model_args"]["init_from"] == str(out / "finetune" / "phrases_cloc")
     # A second run finds every stage done and rewrites the same report.
     again = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and "done already" in again.stderr

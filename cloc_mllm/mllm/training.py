@@ -12,7 +12,7 @@ import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -293,6 +293,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, training_args: T
         out = Path(training_args.output_dir)
         build_args.save(out)
         summary = {
+            "model_args": asdict(model_args),
             "data": dataset.stats.as_dict(),
             "train": metrics,
             "log_history": trainer.state.log_history,

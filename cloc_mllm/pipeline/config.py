@@ -13,7 +13,8 @@ from cloc_mllm.mllm.instruct_builders import CHAT_KINDS
 PROFILES: dict[str, dict] = {
     "ci": dict(
         num_train=240, num_val=40, num_test=60, pretrain_steps=80, pretrain_batch_size=32, warmup_steps=8,
-        finetune_steps=15, finetune_batch_size=8, eval_limit=60, benchmarks="refcoco_testA,flickr30k_test",
+        phrase_steps=5, finetune_steps=15, finetune_batch_size=8, eval_limit=60,
+        benchmarks="refcoco_testA,flickr30k_test",
     ),
     "quick": dict(
         num_train=1000, num_val=100, num_test=150, pretrain_steps=200, pretrain_batch_size=32, warmup_steps=20,
