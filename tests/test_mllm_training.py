@@ -227,6 +227,13 @@ def test_bits_without_lora_is_refused(world, tmp_path):
         _train(world, tmp_path / "x", "--bits", "4")
 
 
+def test_init_from_with_a_second_weight_source_is_refused(world, tmp_path):
+    with pytest.raises(ValueError, match="drop --bits and --pretrain_mm_mlp_adapter"):
+        _train(
+            world, tmp_path / "x", "--init_from", str(tmp_path), "--pretrain_mm_mlp_adapter", str(tmp_path)
+        )
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("stage", ["zero2", "zero3"])
 def test_deepspeed_two_cpu_ranks(world, tmp_path, stage):

@@ -2,12 +2,12 @@
 
 Two kinds of chat turns, boxes in Ferret's 0-999 text (``box_text.format_box``), relative to the
 original image: **grounding** ("Where is the man on the left?" -> "[x1, y1, x2, y2]") and **referring**
-("What is in [x1, y1, x2, y2]?" -> the expression). A third kind, **phrase**, is the grounded-phrase
-warm-up for the ``plain`` template: the expression alone, answered by the box's numbers, so that the
-first digit directly follows the object's words (" the man on the left" -> "x1, y1, x2, y2"). With ``region_token`` a referring question also carries a
-``<region>`` placeholder after the box and the record lists that box under ``"regions"`` (Ferret*).
-Turns about one image are grouped into conversations of up to ``turns_per_record`` so the image is
-encoded once for several answers.
+("What is in [x1, y1, x2, y2]?" -> the expression). With ``region_token`` a referring question also
+carries a ``<region>`` placeholder after the box and the record lists that box under ``"regions"``
+(Ferret*). A third kind, **phrase**, is the grounded-phrase warm-up for the ``plain`` template: the
+expression alone, answered by the box's numbers, so that the first digit directly follows the object's
+words (" the man on the left" -> "x1, y1, x2, y2"). Turns about one image are grouped into
+conversations of up to ``turns_per_record`` so the image is encoded once for several answers.
 
     python -m cloc_mllm.mllm.instruct_builders refer DATA_ROOT --dataset refcoco --split train --out x.json
 """
