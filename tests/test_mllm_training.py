@@ -184,11 +184,11 @@ def test_phrase_warmup_then_chat_finetune_continues_from_it(world, tmp_path):
         "model.multi_modal_projector.linear_1.weight",
         "model.language_model.layers.0.mlp.up_proj.weight",
     ):
-        start, end = warmed.get_parameter(name), chat.get_parameter(name)
-        assert 0 < (end - start).abs().max() < 0.05, name  # two small steps on from the warm-up...
-        assert (end - fresh.get_parameter(name)).abs().max() > (end - start).abs().max(), (
-            name
-        )  # ...not from scratch
+        end = chat.get_parameter(name)
+        from_warmup = (end - warmed.get_parameter(name)).abs().max()
+        from_fresh = (end - fresh.get_parameter(name)).abs().max()
+        assert 0 < from_warmup < 0.05, name  # two small steps on from the warm-up...
+        assert from_fresh > from_warmup, name  # ...not from a fresh build
 
     other, _ = build_llava(LlavaBuildArgs(world["tower"], world["llm"], mm_projector_type="mlp3x_gelu"))
     with pytest.raises(ValueError, match="do not fit"):
