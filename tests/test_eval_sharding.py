@@ -1,19 +1,13 @@
 import json
 import os
-import socket
 
 import torch.multiprocessing as mp
 
 from cloc_mllm.eval.cache import PredictionCache, cached_predict
 from cloc_mllm.eval.sharding import current_shard, gather_lists, init_distributed
+from cloc_mllm.training.distributed import free_port
 
 ITEMS = [f"k{i}" for i in range(7)]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _worker(rank: int, world: int, port: int, out: str) -> None:
@@ -44,7 +38,7 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
 
 def test_two_gloo_ranks_split_the_work_and_both_get_everything(tmp_path):
     # fork: the workers need nothing re-imported, which keeps this test to seconds
-    mp.start_processes(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, start_method="fork")
+    mp.start_processes(_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, start_method="fork")
     results = [json.loads((tmp_path / f"result{r}.json").read_text()) for r in range(2)]
     assert results[0]["seen"] == ITEMS[0::2] and results[1]["seen"] == ITEMS[1::2]
     for r in results:

@@ -1,6 +1,5 @@
 import math
 import os
-import socket
 
 import pytest
 import torch
@@ -10,6 +9,7 @@ import torch.nn.functional as F
 
 from cloc_mllm import CLOCModel
 from cloc_mllm.losses import CLOCLoss, grounding_loss, grounding_map_loss, infonce_loss, siglip_loss
+from cloc_mllm.training.distributed import free_port
 
 from .conftest import random_batch
 
@@ -54,7 +54,6 @@ def test_grounding_losses():
     assert grounding_loss(pred, target, "giou").item() == pytest.approx(0.5 + 0.5)
 
 
-
 def test_grounding_map_loss_rewards_mass_on_the_target_patches():
     coverage = torch.tensor([[1.0, 1.0, 0.0, 0.0]])  # the box covers patches 0 and 1
     uniform = grounding_map_loss(torch.zeros(1, 4), coverage)
@@ -63,12 +62,6 @@ def test_grounding_map_loss_rewards_mass_on_the_target_patches():
     off_target = grounding_map_loss(torch.tensor([[-5.0, -5.0, 5.0, 5.0]]), coverage)
     assert on_target.item() == pytest.approx(math.log(2), abs=1e-3)  # the target's own entropy
     assert off_target.item() > uniform.item() > on_target.item()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _rank_worker(rank, world, port, config, batch, result_path):
@@ -107,7 +100,7 @@ def test_two_process_loss_and_gradients_equal_single_process(tiny_config, tmp_pa
     single = torch.stack([out.loss, out.loss_clip, out.loss_region, out.loss_ground]).detach()
 
     result = tmp_path / "dist.pt"
-    mp.spawn(_rank_worker, args=(2, _free_port(), config, batch, result), nprocs=2, join=True)
+    mp.spawn(_rank_worker, args=(2, free_port(), config, batch, result), nprocs=2, join=True)
     got = torch.load(result)
     assert torch.allclose(got["losses"], single, atol=1e-5), (got["losses"], single)
     assert got["grads"].shape == single_grads.shape
@@ -126,7 +119,9 @@ def test_token_signatures_filter_duplicates_from_the_first_step():
     assert sim[0, 3].item() < 0.9  # "red circle" vs "red circle x" stays a negative
     # Nearly identical embeddings (an untrained tower) would drop every negative; signatures do not.
     regions = F.normalize(torch.randn(4, 8, generator=torch.Generator().manual_seed(0)), dim=-1)
-    texts = F.normalize(torch.ones(4, 8) + 0.01 * torch.randn(4, 8, generator=torch.Generator().manual_seed(1)), dim=-1)
+    texts = F.normalize(
+        torch.ones(4, 8) + 0.01 * torch.randn(4, 8, generator=torch.Generator().manual_seed(1)), dim=-1
+    )
     loss_fn = CLOCLoss()
     assert loss_fn.region_term(regions, texts, torch.tensor(0.0)).item() == pytest.approx(0.0, abs=1e-6)
     assert loss_fn.region_term(regions, texts, torch.tensor(0.0), sig).item() > 0.1

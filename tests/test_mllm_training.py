@@ -28,6 +28,7 @@ from cloc_mllm.mllm.training import (
     load_projector,
     train,
 )
+from cloc_mllm.training.distributed import SHM_DIR, free_port
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS = 6
@@ -238,11 +239,13 @@ def test_init_from_with_a_second_weight_source_is_refused(world, tmp_path):
 @pytest.mark.parametrize("stage", ["zero2", "zero3"])
 def test_deepspeed_two_cpu_ranks(world, tmp_path, stage):
     out = tmp_path / stage
-    cmd = ["deepspeed", "--num_gpus", "2", str(REPO / "finetune" / "train.py"), "--deepspeed",
-           str(REPO / "finetune" / f"{stage}.json"), *_args(world, out)]  # fmt: skip
+    port = free_port()
+    cmd = ["deepspeed", "--num_gpus", "2", "--master_port", str(port), str(REPO / "finetune" / "train.py"),
+           "--deepspeed", str(REPO / "finetune" / f"{stage}.json"), *_args(world, out)]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     result = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=240)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert not list(SHM_DIR.glob(f"deepspeed_allreduce_buffer_*_{port}_*"))  # each rank freed its segment
     _assert_loss_falls(out)
     summary = json.loads((out / SUMMARY_FILE).read_text())
     assert summary["train"]["epoch"] == pytest.approx(

@@ -6,11 +6,11 @@ import torch
 from cloc_mllm import CLOCModel
 from cloc_mllm.training.backend import DeepSpeedBackend, deepspeed_config
 from cloc_mllm.training.config import PretrainConfig
-from cloc_mllm.training.distributed import init_distributed, shutdown
+from cloc_mllm.training.distributed import free_port, init_distributed, shutdown
 from cloc_mllm.training.model import freeze_unused_parameters
 
 from .conftest import random_batch
-from .pretrain_utils import REPO, free_port
+from .pretrain_utils import REPO
 
 
 def test_shipped_zero_configs_take_the_recipe_from_the_pretrain_config():

@@ -10,7 +10,6 @@ import json
 import logging
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +17,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+
+from cloc_mllm.training.distributed import free_port, release_deepspeed_shm
 
 from .config import PipelineConfig
 
@@ -184,25 +185,23 @@ def finetune(
         args += ["--init_from", str(init_from)]
     if not torch.cuda.is_available():
         args += ["--use_cpu", "True"]  # CPU ranks talk over gloo
+    port = None
     if config.deepspeed:
         launcher = shutil.which("deepspeed")
         if launcher is None:
             raise RuntimeError("--deepspeed is set but the `deepspeed` launcher is not installed (pip install deepspeed)")
+        port = free_port()
         command = [
-            launcher, "--num_gpus", str(config.num_ranks), "--master_port", str(free_port()),
+            launcher, "--num_gpus", str(config.num_ranks), "--master_port", str(port),
             *args, "--deepspeed", str(REPO_ROOT / config.deepspeed),
         ]
     else:
         command = [sys.executable, *args]
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
-    subprocess.run(command, check=True, env=env)
-
-
-def free_port() -> int:
-    """A free TCP port on loopback for the launcher's rendezvous (29500 may be taken by another job)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    try:
+        subprocess.run(command, check=True, env=env)
+    finally:  # the ranks free their own segments on success; this covers a crashed rank
+        release_deepspeed_shm(port)
 
 
 # ----- evaluation --------------------------------------------------------------------------------

@@ -7,8 +7,10 @@ multi-node runs differ only in those values. CPU runs use gloo, GPU runs nccl.
 from __future__ import annotations
 
 import os
+import socket
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -74,9 +76,41 @@ def init_distributed(device_preference: str = "auto", deepspeed: bool = False) -
 
 
 def shutdown(ctx: DistContext) -> None:
-    """Destroy the process group if ``init_distributed`` created it."""
+    """Destroy the process group if ``init_distributed`` created it, and this rank's DeepSpeed segment."""
     if ctx.owns_group and dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+        release_deepspeed_shm(os.environ.get("MASTER_PORT"), rank=ctx.rank)
+
+
+def free_port() -> int:
+    """A free TCP port on loopback for a launcher's rendezvous (29500 may be taken by another job)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+SHM_DIR = Path("/dev/shm")
+
+
+def release_deepspeed_shm(
+    port: int | str | None, rank: int | None = None, shm_dir: Path = SHM_DIR
+) -> list[Path]:
+    """Unlink DeepSpeed's CPU all-reduce segments of the rendezvous on ``port``; returns those removed.
+
+    DeepSpeed's shared-memory all-reduce (CPU ranks on one node) creates one segment per rank (about
+    70 MB), named ``deepspeed_allreduce_buffer_<uid>_<addr>_<port>_<rank>``, and never unlinks it.
+    /dev/shm is RAM, so every run on a new port (``torchrun --standalone``, the main job's free ports)
+    would keep its segments until reboot. Unlinking a segment another rank still maps is safe: the
+    memory lives until the last unmap. ``rank`` None removes every rank's (a launcher cleaning up
+    after its ranks exited, crashed ones included).
+    """
+    if port is None:
+        return []
+    ranks = "*" if rank is None else str(rank)
+    removed = sorted(shm_dir.glob(f"deepspeed_allreduce_buffer_{os.getuid()}_*_{port}_{ranks}"))
+    for path in removed:
+        path.unlink(missing_ok=True)
+    return removed
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
