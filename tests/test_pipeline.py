@@ -1,4 +1,5 @@
 import json
+import os
 import subprocess
 import sys
 from dataclasses import asdict
@@ -53,6 +54,19 @@ def test_region_head_reaches_cloc_pretraining_only(tmp_path, monkeypatch):
     for loss in stages.ENCODERS:
         stages.pretrain(config, loss, "shards", tmp_path / "tokenizer", tmp_path / loss)
     assert seen == {"clip": "prompter", "cloc": "roialign"}
+
+
+def test_stage_scripts_run_this_checkout(tmp_path, monkeypatch):
+    launched = []
+    monkeypatch.setattr(stages.subprocess, "run", lambda command, **kwargs: launched.append((command, kwargs["env"])))
+    monkeypatch.setenv("PYTHONPATH", "/elsewhere")
+    config = config_for_profile("ci", deepspeed="")
+    stages.finetune(config, tmp_path / "llm", tmp_path / "tower", tmp_path / "d.json", tmp_path, tmp_path / "out", 3)
+    stages.pseudo_label(config, tmp_path, tmp_path / "vesl")
+    for command, env in launched:
+        assert command[0] == sys.executable and Path(command[1]).is_relative_to(REPO)
+        assert env["PYTHONPATH"].split(os.pathsep) == [str(REPO), "/elsewhere"]
+    assert launched[0][1]["OMP_NUM_THREADS"] == "1"
 
 
 def test_instruction_kinds_choose_the_turns(tmp_path):

@@ -66,6 +66,14 @@ def make_world(config: PipelineConfig, world_dir: Path) -> None:
     write_world(world_dir, world)
 
 
+def script_env(**extra: str) -> dict[str, str]:
+    """The environment of a repository script run as a child process: this checkout first on the
+    module path, so the script (and every rank it launches) runs the ``cloc_mllm`` the main job
+    imported, not another installed copy, and a checkout that was never pip-installed still works."""
+    path = os.pathsep.join(filter(None, (str(REPO_ROOT), os.environ.get("PYTHONPATH"))))
+    return {**os.environ, "PYTHONPATH": path, **extra}
+
+
 def pseudo_label(config: PipelineConfig, world_dir: Path, out_dir: Path) -> None:
     """VESL over the train shards: source captions kept, OWLv2 boxes for the extracted phrases."""
     command = [
@@ -75,7 +83,7 @@ def pseudo_label(config: PipelineConfig, world_dir: Path, out_dir: Path) -> None
         "--detector", config.vesl_detector,
         "--caption-mode", "keep",
     ]
-    subprocess.run(command, check=True)
+    subprocess.run(command, check=True, env=script_env())
 
 
 def train_shards(config: PipelineConfig, run_dir: Path) -> str:
@@ -197,9 +205,8 @@ def finetune(
         ]
     else:
         command = [sys.executable, *args]
-    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
     try:
-        subprocess.run(command, check=True, env=env)
+        subprocess.run(command, check=True, env=script_env(TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1"))
     finally:  # the ranks free their own segments on success; this covers a crashed rank
         release_deepspeed_shm(port)
 
