@@ -4,13 +4,11 @@
         --vision_tower TOWER --data_path data.json --image_folder images --output_dir out
 """
 
-import os
-
 import torch.distributed as dist
 from transformers import HfArgumentParser
 
 from cloc_mllm.mllm.training import DataArguments, ModelArguments, TrainingArguments, train
-from cloc_mllm.training.distributed import release_deepspeed_shm
+from cloc_mllm.training.distributed import leave_process_group
 
 
 def main() -> None:
@@ -23,9 +21,7 @@ def main() -> None:
         # skip the writing of the model), while rank 0 still uses its connections, the same abort was
         # seen. The barrier makes every rank wait for the slowest before any shuts down.
         dist.barrier()
-        rank = dist.get_rank()
-        dist.destroy_process_group()
-        release_deepspeed_shm(os.environ.get("MASTER_PORT"), rank=rank)
+        leave_process_group()
 
 
 if __name__ == "__main__":

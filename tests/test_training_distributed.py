@@ -46,4 +46,5 @@ def test_release_deepspeed_shm_removes_only_that_rendezvous(tmp_path):
     assert release_deepspeed_shm(29512, rank=1, shm_dir=tmp_path) == [ours[1]]
     assert release_deepspeed_shm("29512", shm_dir=tmp_path) == [ours[0]]
     assert release_deepspeed_shm(None, shm_dir=tmp_path) == []
+    assert release_deepspeed_shm(29513, shm_dir=tmp_path / "absent") == []  # a system without /dev/shm
     assert sorted(tmp_path.iterdir()) == sorted(others)

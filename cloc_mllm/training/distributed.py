@@ -76,10 +76,16 @@ def init_distributed(device_preference: str = "auto", deepspeed: bool = False) -
 
 
 def shutdown(ctx: DistContext) -> None:
-    """Destroy the process group if ``init_distributed`` created it, and this rank's DeepSpeed segment."""
+    """Leave the process group if ``init_distributed`` created it."""
     if ctx.owns_group and dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
-        release_deepspeed_shm(os.environ.get("MASTER_PORT"), rank=ctx.rank)
+        leave_process_group()
+
+
+def leave_process_group() -> None:
+    """Destroy the (initialised) process group and free this rank's DeepSpeed shared-memory segment."""
+    rank = dist.get_rank()
+    dist.destroy_process_group()
+    release_deepspeed_shm(os.environ.get("MASTER_PORT"), rank=rank)
 
 
 def free_port() -> int:
@@ -104,7 +110,7 @@ def release_deepspeed_shm(
     memory lives until the last unmap. ``rank`` None removes every rank's (a launcher cleaning up
     after its ranks exited, crashed ones included).
     """
-    if port is None:
+    if port is None or not shm_dir.is_dir():  # no /dev/shm (Windows): DeepSpeed made no segments
         return []
     ranks = "*" if rank is None else str(rank)
     removed = sorted(shm_dir.glob(f"deepspeed_allreduce_buffer_{os.getuid()}_*_{port}_{ranks}"))
