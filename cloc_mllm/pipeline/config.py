@@ -23,6 +23,9 @@ PROFILES: dict[str, dict] = {
     ),
     "reproduce": dict(
         num_train=6000, num_val=200, num_test=400, pretrain_steps=3500, pretrain_batch_size=48, warmup_steps=100,
+        # RoIAlign head: its region loss puts class and place into the patch tokens a LLaVA reads
+        # (docs/mllm.md, patch probes); grounding-only chat after a grounded-phrase warm-up.
+        region_head="roialign", instruction_kinds="grounding", phrase_steps=3000,
         finetune_steps=1000, finetune_batch_size=16, eval_limit=400,
         benchmarks="refcoco_val,refcoco_testA,refcoco_testB,refcoco+_val,refcoco+_testA,refcoco+_testB,"
         "refcocog_val,refcocog_test,flickr30k_val,flickr30k_test",
