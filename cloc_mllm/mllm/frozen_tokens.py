@@ -145,6 +145,47 @@ def oracle_tokens(
     return table
 
 
+def refer_instances(refer_root: str | Path) -> Path:
+    """The COCO instances file of a refer-layout root that oracle tokens are built from."""
+    return Path(refer_root) / "refcoco" / "instances.json"
+
+
+def images_of(
+    datasets: Sequence[LazySupervisedDataset], image_folder: str | Path, benchmarks: Sequence = ()
+) -> list[Path]:
+    """Every image the datasets' records and the benchmarks' items show, each once."""
+    names = sorted({r["image"] for dataset in datasets for r in dataset.records if "image" in r})
+    eval_paths = sorted({Path(item.image_path) for bench in benchmarks for item in bench.items})
+    return [Path(image_folder) / name for name in names] + eval_paths
+
+
+def use_token_table(
+    model, processor, paths: Sequence[Path], oracle_instances: Path | None, select_layer: int
+) -> TokenTable:
+    """Put a ``TokenTable`` over ``paths`` in place of the LLaVA's tower: the tower's own tokens at
+    ``select_layer``, or oracle tokens from ``oracle_instances`` (a COCO instances file)."""
+    pixels = preprocess(processor.image_processor, tqdm(paths, desc="preprocess", mininterval=5))
+    tower = model.model.vision_tower
+    if oracle_instances is None:
+        table = tower_tokens(tower, pixels, select_layer)
+    else:
+        by_file = {path.name: p for path, p in zip(paths, pixels, strict=True)}
+        grid = tower.config.image_size // tower.config.patch_size
+        table = oracle_tokens(
+            oracle_instances, by_file, processor.image_processor, grid, tower.config.hidden_size
+        )
+    model.model.vision_tower = TokenTable(table, tower.config.num_hidden_layers)
+    return model.model.vision_tower
+
+
+def write_loss_log(out_dir: Path, losses: Sequence[float], label: str) -> None:
+    """Per-step losses as the training log (``train_log.jsonl``) and its plot (``loss.png``)."""
+    (out_dir / LOG_FILE).write_text(
+        "".join(json.dumps({"step": i + 1, "loss": v}) + "\n" for i, v in enumerate(losses))
+    )
+    plot_runs({label: out_dir}, out_dir / "loss.png", metrics=("loss",))
+
+
 def finetune_on_tokens(
     model, dataset: LazySupervisedDataset, steps: int, batch_size: int = 32, lr: float = 1e-3, seed: int = 0
 ) -> list[float]:
@@ -208,19 +249,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     benchmarks, not_loaded = load_grounding_benchmarks(
         args.refer_root, None, args.benchmarks.split(","), limit=args.eval_limit
     )
-    train_images = sorted({r["image"] for r in dataset.records if "image" in r})
-    eval_paths = sorted({Path(item.image_path) for bench in benchmarks for item in bench.items})
-    paths = [Path(args.image_folder) / name for name in train_images] + eval_paths
-    pixels = preprocess(processor.image_processor, tqdm(paths, desc="preprocess", mininterval=5))
-    tower = model.model.vision_tower
-    if args.oracle:
-        by_file = {path.name: p for path, p in zip(paths, pixels, strict=True)}
-        grid = tower.config.image_size // tower.config.patch_size
-        instances = Path(args.refer_root) / "refcoco" / "instances.json"
-        table = oracle_tokens(instances, by_file, processor.image_processor, grid, tower.config.hidden_size)
-    else:
-        table = tower_tokens(tower, pixels, args.select_layer)
-    model.model.vision_tower = TokenTable(table, tower.config.num_hidden_layers)
+    paths = images_of([dataset], args.image_folder, benchmarks)
+    instances = refer_instances(args.refer_root) if args.oracle else None
+    use_token_table(model, processor, paths, instances, args.select_layer)
 
     losses = finetune_on_tokens(model, dataset, args.steps, args.batch_size, args.lr, args.seed)
     metrics, _ = evaluate_mllm_grounding(model, processor, benchmarks, batch_size=16, max_new_tokens=24)
@@ -238,10 +269,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     tmp = out / "frozen_tokens.json.tmp"
     tmp.write_text(json.dumps(result, indent=1))
     os.replace(tmp, out / "frozen_tokens.json")
-    (out / LOG_FILE).write_text(
-        "".join(json.dumps({"step": i + 1, "loss": v}) + "\n" for i, v in enumerate(losses))
-    )
-    plot_runs({"projector + LLM on frozen tokens": out}, out / "loss.png", metrics=("loss",))
+    write_loss_log(out, losses, "projector + LLM on frozen tokens")
     for name, scores in metrics.items():
         loc = scores.get("localisation") or {}
         print(f"{name}: Acc@0.5 {100 * scores['any']['acc@0.5']:.1f}, centre error {loc.get('centre_error')}"

@@ -67,17 +67,27 @@ def run_pipeline(config: PipelineConfig) -> dict:
     llm = run / "finetune" / "llm"
     kinds = config.instruction_kinds.split(",")
     timed(run / "finetune" / "data", "instruction_data", lambda: stages.instruction_data(config, world, data, kinds))
-    if config.phrase_steps:
+    if config.phrase_steps or config.oracle_phrase_steps:
         timed(run / "finetune" / "phrase_data", "phrase_data", lambda: stages.instruction_data(config, world, phrases, ["phrase"]))
     timed(llm, "tiny_llm", lambda: stages.tiny_llm(config, world / "tokenizer", llm))
+    if config.oracle_phrase_steps or config.oracle_chat_steps:
+        taught = run / "finetune" / "oracle_llm"
+        shape = stages.exported_tower(run / "pretrain" / "clip")  # both towers have the same shape
+        timed(taught, "oracle_llm", lambda: stages.oracle_llm(config, shape, llm, data, phrases, world, taught))
+        llm = taught
     for loss in stages.ENCODERS:
         tower, out = stages.exported_tower(run / "pretrain" / loss), run / "finetune" / f"llava_{loss}"
+        adapter = run / "finetune" / f"align_{loss}" if config.align_steps else None
+        if adapter is not None:
+            timed(adapter, f"align_{loss}", lambda tower=tower, adapter=adapter: stages.finetune(
+                config, llm, tower, data, world / "refer", adapter, config.align_steps, projector_only=True))
         warm = run / "finetune" / f"phrases_{loss}" if config.phrase_steps else None
         if warm is not None:
-            timed(warm, f"phrases_{loss}", lambda tower=tower, warm=warm: stages.finetune(
-                config, llm, tower, phrases, world / "refer", warm, config.phrase_steps, template="plain"))
-        timed(out, f"finetune_{loss}", lambda tower=tower, out=out, warm=warm: stages.finetune(
-            config, llm, tower, data, world / "refer", out, config.finetune_steps, init_from=warm))
+            timed(warm, f"phrases_{loss}", lambda tower=tower, warm=warm, adapter=adapter: stages.finetune(
+                config, llm, tower, phrases, world / "refer", warm, config.phrase_steps, template="plain", adapter=adapter))
+        timed(out, f"finetune_{loss}", lambda tower=tower, out=out, warm=warm, adapter=adapter: stages.finetune(
+            config, llm, tower, data, world / "refer", out, config.finetune_steps, init_from=warm,
+            adapter=None if warm else adapter))
 
     evaluations = {
         "clip": (stages.final_checkpoint(run / "pretrain" / "clip"), "encoder", "clip_roialign"),
@@ -90,6 +100,10 @@ def run_pipeline(config: PipelineConfig) -> dict:
         out = run / "eval" / name
         timed(out, f"eval_{name}", lambda model=model, out=out, suite=suite, head=head: stages.evaluate(config, model, world, out, suite, head))
         metrics[name] = stages.read_results(out)
+    if config.oracle_phrase_steps or config.oracle_chat_steps:
+        from cloc_mllm.mllm.oracle_llm import RESULT_FILE
+
+        metrics["llava_oracle"] = stages.read_results(run / "finetune" / "oracle_llm", RESULT_FILE)
     logs = {loss: _read_jsonl(run / "pretrain" / loss / "train_log.jsonl") for loss in stages.ENCODERS}
     report = write_report(run, asdict(config), metrics, logs, timings)
     logger.info("report: %s", run / "report.md")

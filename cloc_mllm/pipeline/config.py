@@ -13,7 +13,8 @@ from cloc_mllm.mllm.instruct_builders import CHAT_KINDS
 PROFILES: dict[str, dict] = {
     "ci": dict(
         num_train=240, num_val=40, num_test=60, pretrain_steps=80, pretrain_batch_size=32, warmup_steps=8,
-        phrase_steps=5, finetune_steps=15, finetune_batch_size=8, eval_limit=60,
+        oracle_phrase_steps=5, oracle_chat_steps=5, align_steps=5, phrase_steps=5, finetune_steps=15,
+        finetune_batch_size=8, eval_limit=60,
         benchmarks="refcoco_testA,flickr30k_test",
     ),
     "quick": dict(
@@ -24,9 +25,10 @@ PROFILES: dict[str, dict] = {
     "reproduce": dict(
         num_train=6000, num_val=200, num_test=400, pretrain_steps=3500, pretrain_batch_size=48, warmup_steps=100,
         # RoIAlign head: its region loss puts class and place into the patch tokens a LLaVA reads
-        # (docs/mllm.md, patch probes); grounding-only chat after a grounded-phrase warm-up.
-        region_head="roialign", instruction_kinds="grounding", phrase_steps=3000,
-        finetune_steps=1000, finetune_batch_size=16, eval_limit=400,
+        # (docs/mllm.md, patch probes). The shared LLM learns to ground on oracle tokens first (the
+        # stand-in for a pretrained LLM); each LLaVA then aligns its projector, then grounding chat.
+        region_head="roialign", instruction_kinds="grounding", oracle_phrase_steps=3000, oracle_chat_steps=1000,
+        align_steps=1000, finetune_steps=2000, finetune_batch_size=16, eval_limit=400,
         benchmarks="refcoco_val,refcoco_testA,refcoco_testB,refcoco+_val,refcoco+_testA,refcoco+_testB,"
         "refcocog_val,refcocog_test,flickr30k_val,flickr30k_test",
     ),
@@ -73,6 +75,22 @@ class PipelineConfig:
     vision_select_layer: int = field(
         default=-2, metadata=_help("Tower layer fed to the projector (LLaVA's -2; -1 = the last).")
     )
+    oracle_phrase_steps: int = field(
+        default=0,
+        metadata=_help(
+            "Grounded-phrase steps that teach the shared LLM to ground on oracle tokens (the world's train "
+            "annotations) before either tower is attached (cloc_mllm.mllm.oracle_llm; 0 = none)."
+        ),
+    )
+    oracle_chat_steps: int = field(
+        default=0, metadata=_help("Grounding chat steps on oracle tokens after those (0 = none).")
+    )
+    align_steps: int = field(
+        default=0,
+        metadata=_help(
+            "LLaVA stage 1 per tower: projector-only steps on the chat data with the LLM frozen (0 = none)."
+        ),
+    )
     phrase_steps: int = field(
         default=0,
         metadata=_help(
@@ -105,8 +123,9 @@ class PipelineConfig:
             raise ValueError(
                 f"PipelineConfig.instruction_kinds must list some of {CHAT_KINDS}, got {self.instruction_kinds!r}"
             )
-        if self.phrase_steps < 0:
-            raise ValueError(f"PipelineConfig.phrase_steps must be >= 0, got {self.phrase_steps!r}")
+        for name in ("phrase_steps", "oracle_phrase_steps", "oracle_chat_steps", "align_steps"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"PipelineConfig.{name} must be >= 0, got {getattr(self, name)!r}")
         for name in ("num_train", "num_test", "pretrain_steps", "pretrain_batch_size", "finetune_steps", "num_ranks"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"PipelineConfig.{name} must be positive, got {getattr(self, name)!r}")

@@ -166,11 +166,9 @@ def write_report(out_dir: Path, config: dict, metrics: dict[str, dict], logs: di
             path = ("encoder", "patch_probe", "layers", layer, key)
             enc_rows.append([f"patch probe layer {layer}: {label}", _get(metrics["clip"], *path), _get(metrics["cloc"], *path)])
     splits = sorted(set(metrics["llava_cloc"].get("grounding", {})) | set(metrics["cloc"].get("grounding", {})))
-    mllm_rows = [
-        [s, _get(metrics["llava_clip"], "grounding", s, "any", "acc@0.5"), _get(metrics["llava_cloc"], "grounding", s, "any", "acc@0.5"),
-         _get(metrics["cloc"], "grounding", s, "any", "acc@0.5")]
-        for s in splits
-    ]  # fmt: skip
+    # The shared LLM scored on oracle tokens before any tower (when the run taught it): the LLaVAs' ceiling.
+    mllm_columns = ["llava_clip", "llava_cloc", "cloc"] + (["llava_oracle"] if "llava_oracle" in metrics else [])
+    mllm_rows = [[s] + [_get(metrics[name], "grounding", s, "any", "acc@0.5") for name in mllm_columns] for s in splits]
     where = ("localisation", "centre_error")
     centre_rows = [
         [s, _get(metrics["llava_clip"], "grounding", s, *where), _get(metrics["llava_cloc"], "grounding", s, *where),
@@ -196,9 +194,12 @@ def write_report(out_dir: Path, config: dict, metrics: dict[str, dict], logs: di
         _table(["metric", "CLIP baseline", "CLOC"], enc_rows),
         "",
         "## MLLM grounding",
-        "Acc@0.5 per split: LLaVA on each exported tower (same LLM init, data and steps), and CLOC's own grounding head.",
+        "Acc@0.5 per split: LLaVA on each exported tower (same LLM init, data and steps), and CLOC's own grounding head."
+        + (" Last column: the shared LLM on oracle tokens (class, grid row and column per patch from the annotations) "
+           "before either tower was attached, the most these LLaVAs could reach." if "llava_oracle" in metrics else ""),
         "",
-        _table(["split", "LLaVA-CLIP", "LLaVA-CLOC", "CLOC grounding head"], mllm_rows),
+        _table(["split", "LLaVA-CLIP", "LLaVA-CLOC", "CLOC grounding head"]
+               + (["LLM on oracle tokens"] if "llava_oracle" in metrics else []), mllm_rows),
         "",
         "Centre error of the answered box (% of the image side, lower is better) against the blind guess "
         "(the test boxes' mean centre): an MLLM near the blind figure is not looking at the image.",

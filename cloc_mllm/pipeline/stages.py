@@ -170,12 +170,34 @@ def tiny_llm(config: PipelineConfig, tokenizer_dir: Path, out_dir: Path) -> None
     )
 
 
+def oracle_llm(
+    config: PipelineConfig, tower: Path, llm: Path, data: Path, phrases: Path, world_dir: Path, out_dir: Path
+) -> None:
+    """Teach the shared LLM to ground on oracle tokens (``cloc_mllm.mllm.oracle_llm``); both LLaVAs
+    start from it. Scored on oracle tokens over the RefCOCO-family splits: the LLM's ceiling."""
+    from cloc_mllm.mllm.oracle_llm import OracleLLMArguments, train_oracle_llm
+
+    refer = world_dir / "refer"
+    train_oracle_llm(
+        OracleLLMArguments(
+            vision_tower=str(tower), llm=str(llm), chat_data=str(data), image_folder=str(refer),
+            refer_root=str(refer), out_dir=str(out_dir), phrase_data=str(phrases),
+            phrase_steps=config.oracle_phrase_steps, chat_steps=config.oracle_chat_steps,
+            lr=config.finetune_lr, select_layer=config.vision_select_layer,
+            benchmarks=",".join(b for b in config.benchmarks.split(",") if b.startswith("refcoco")),
+            eval_limit=config.eval_limit, seed=config.seed,
+        )
+    )
+
+
 def finetune(
     config: PipelineConfig, llm: Path, tower: Path, data: Path, image_root: Path, out_dir: Path,
-    steps: int, template: str = "vicuna_v1", init_from: Path | None = None,
+    steps: int, template: str = "vicuna_v1", init_from: Path | None = None, adapter: Path | None = None,
+    projector_only: bool = False,
 ) -> None:
     """``deepspeed finetune/train.py`` (or plain python when no DeepSpeed config is given), ``steps``
-    steps on ``data`` in ``template``, starting from the LLaVA in ``init_from`` when given."""
+    steps on ``data`` in ``template``, starting from the LLaVA in ``init_from`` or the stage-1
+    projector in ``adapter`` when given; ``projector_only`` is LLaVA's stage 1 (LLM frozen)."""
     per_rank = max(1, config.finetune_batch_size // config.num_ranks)
     args = [
         str(REPO_ROOT / "finetune" / "train.py"),
@@ -191,6 +213,10 @@ def finetune(
     ]
     if init_from is not None:
         args += ["--init_from", str(init_from)]
+    if adapter is not None:
+        args += ["--pretrain_mm_mlp_adapter", str(adapter)]
+    if projector_only:
+        args += ["--tune_mm_mlp_adapter", "True"]
     if not torch.cuda.is_available():
         args += ["--use_cpu", "True"]  # CPU ranks talk over gloo
     port = None
@@ -237,8 +263,8 @@ def evaluate(
     )
 
 
-def read_results(directory: Path) -> dict:
-    path = directory / "results.json"
+def read_results(directory: Path, name: str = "results.json") -> dict:
+    path = directory / name
     if not path.is_file():
         raise FileNotFoundError(f"{path}: evaluation results missing")
     return json.loads(path.read_text())
