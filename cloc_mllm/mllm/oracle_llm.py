@@ -22,13 +22,13 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, HfArgumentParser, PreTrainedTokenizerBase
 
+from cloc_mllm.atomic_io import write_bytes_atomic
 from cloc_mllm.eval.benchmarks import load_grounding_benchmarks
 from cloc_mllm.eval.mllm_grounding import evaluate_mllm_grounding
 from cloc_mllm.mllm.builder import LlavaBuildArgs, build_llava, build_processor, prepare_tokenizer
@@ -135,9 +135,7 @@ def train_oracle_llm(args: OracleLLMArguments) -> dict:
         "grounding": metrics,
         "not_evaluated": not_loaded,
     }
-    tmp = out / (RESULT_FILE + ".tmp")
-    tmp.write_text(json.dumps(summary, indent=1))
-    os.replace(tmp, out / RESULT_FILE)
+    write_bytes_atomic(out / RESULT_FILE, json.dumps(summary, indent=1).encode())
     write_loss_log(
         out, [v for phase in losses.values() for v in phase], "LLM on oracle tokens: phrases, then chat"
     )

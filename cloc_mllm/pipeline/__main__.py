@@ -70,8 +70,8 @@ def run_pipeline(config: PipelineConfig) -> dict:
     if config.phrase_steps or config.oracle_phrase_steps:
         timed(run / "finetune" / "phrase_data", "phrase_data", lambda: stages.instruction_data(config, world, phrases, ["phrase"]))
     timed(llm, "tiny_llm", lambda: stages.tiny_llm(config, world / "tokenizer", llm))
-    if config.oracle_phrase_steps or config.oracle_chat_steps:
-        taught = run / "finetune" / "oracle_llm"
+    taught = run / "finetune" / "oracle_llm" if config.oracle_phrase_steps or config.oracle_chat_steps else None
+    if taught is not None:
         shape = stages.exported_tower(run / "pretrain" / "clip")  # both towers have the same shape
         timed(taught, "oracle_llm", lambda: stages.oracle_llm(config, shape, llm, data, phrases, world, taught))
         llm = taught
@@ -100,10 +100,10 @@ def run_pipeline(config: PipelineConfig) -> dict:
         out = run / "eval" / name
         timed(out, f"eval_{name}", lambda model=model, out=out, suite=suite, head=head: stages.evaluate(config, model, world, out, suite, head))
         metrics[name] = stages.read_results(out)
-    if config.oracle_phrase_steps or config.oracle_chat_steps:
+    if taught is not None:
         from cloc_mllm.mllm.oracle_llm import RESULT_FILE
 
-        metrics["llava_oracle"] = stages.read_results(run / "finetune" / "oracle_llm", RESULT_FILE)
+        metrics["llava_oracle"] = stages.read_results(taught, RESULT_FILE)
     logs = {loss: _read_jsonl(run / "pretrain" / loss / "train_log.jsonl") for loss in stages.ENCODERS}
     report = write_report(run, asdict(config), metrics, logs, timings)
     logger.info("report: %s", run / "report.md")

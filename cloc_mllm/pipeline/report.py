@@ -167,7 +167,8 @@ def write_report(out_dir: Path, config: dict, metrics: dict[str, dict], logs: di
             enc_rows.append([f"patch probe layer {layer}: {label}", _get(metrics["clip"], *path), _get(metrics["cloc"], *path)])
     splits = sorted(set(metrics["llava_cloc"].get("grounding", {})) | set(metrics["cloc"].get("grounding", {})))
     # The shared LLM scored on oracle tokens before any tower (when the run taught it): the LLaVAs' ceiling.
-    mllm_columns = ["llava_clip", "llava_cloc", "cloc"] + (["llava_oracle"] if "llava_oracle" in metrics else [])
+    oracle = "llava_oracle" in metrics
+    mllm_columns = ["llava_clip", "llava_cloc", "cloc"] + (["llava_oracle"] if oracle else [])
     mllm_rows = [[s] + [_get(metrics[name], "grounding", s, "any", "acc@0.5") for name in mllm_columns] for s in splits]
     where = ("localisation", "centre_error")
     centre_rows = [
@@ -196,10 +197,10 @@ def write_report(out_dir: Path, config: dict, metrics: dict[str, dict], logs: di
         "## MLLM grounding",
         "Acc@0.5 per split: LLaVA on each exported tower (same LLM init, data and steps), and CLOC's own grounding head."
         + (" Last column: the shared LLM on oracle tokens (class, grid row and column per patch from the annotations) "
-           "before either tower was attached, the most these LLaVAs could reach." if "llava_oracle" in metrics else ""),
+           "before either tower was attached, the most these LLaVAs could reach." if oracle else ""),
         "",
         _table(["split", "LLaVA-CLIP", "LLaVA-CLOC", "CLOC grounding head"]
-               + (["LLM on oracle tokens"] if "llava_oracle" in metrics else []), mllm_rows),
+               + (["LLM on oracle tokens"] if oracle else []), mllm_rows),
         "",
         "Centre error of the answered box (% of the image side, lower is better) against the blind guess "
         "(the test boxes' mean centre): an MLLM near the blind figure is not looking at the image.",
