@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import random
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,6 +28,7 @@ from torch import Tensor
 from tqdm import tqdm
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
+from cloc_mllm.atomic_io import write_bytes_atomic
 from cloc_mllm.eval.benchmarks import load_grounding_benchmarks
 from cloc_mllm.eval.mllm_grounding import evaluate_mllm_grounding
 from cloc_mllm.eval.patch_probe import patch_labels
@@ -266,9 +266,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "grounding": metrics,
         "not_evaluated": not_loaded,
     }
-    tmp = out / "frozen_tokens.json.tmp"
-    tmp.write_text(json.dumps(result, indent=1))
-    os.replace(tmp, out / "frozen_tokens.json")
+    write_bytes_atomic(out / "frozen_tokens.json", json.dumps(result, indent=1).encode())
     write_loss_log(out, losses, "projector + LLM on frozen tokens")
     for name, scores in metrics.items():
         loc = scores.get("localisation") or {}
