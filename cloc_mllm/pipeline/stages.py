@@ -145,8 +145,8 @@ def exported_tower(pretrain_dir: Path) -> Path:
 
 
 def instruction_data(config: PipelineConfig, world_dir: Path, out_path: Path, kinds: list[str]) -> None:
-    """Conversations of ``kinds`` (grounding / referring chat turns, or the ``phrase`` warm-up) from
-    RefCOCO/RefCOCO+/RefCOCOg train (refer layout)."""
+    """Conversations of ``kinds`` (grounding / referring chat turns) from RefCOCO/RefCOCO+/RefCOCOg
+    train (refer layout)."""
     from cloc_mllm.data.refer import load_refer
     from cloc_mllm.mllm.instruct_builders import facts_to_conversations, refer_facts, write_records
 
@@ -159,45 +159,22 @@ def instruction_data(config: PipelineConfig, world_dir: Path, out_path: Path, ki
     write_records(records, out_path)
 
 
-def tiny_llm(config: PipelineConfig, tokenizer_dir: Path, out_dir: Path) -> None:
-    """One random tiny Llama shared by both LLaVAs, so the towers are the only difference."""
-    from cloc_mllm.data.tokenizer import load_tokenizer
-    from cloc_mllm.mllm.tiny import write_tiny_llm
+def language_model(config: PipelineConfig, out_dir: Path) -> None:
+    """The pretrained LLM both LLaVAs share, as a plain HF directory (GGUF de-quantised, cut to
+    ``llm_layers`` when set), so every rank of every stage loads the same weights fast."""
+    from cloc_mllm.mllm.llm_source import LLMSourceArguments, write_plain_llm
 
-    write_tiny_llm(
-        out_dir, load_tokenizer(str(tokenizer_dir)), hidden_size=config.llm_hidden_size,
-        num_layers=config.llm_layers, seed=config.seed,
-    )
-
-
-def oracle_llm(
-    config: PipelineConfig, tower: Path, llm: Path, data: Path, phrases: Path, world_dir: Path, out_dir: Path
-) -> None:
-    """Teach the shared LLM to ground on oracle tokens (``cloc_mllm.mllm.oracle_llm``); both LLaVAs
-    start from it. Scored on oracle tokens over the RefCOCO-family splits: the LLM's ceiling."""
-    from cloc_mllm.mllm.oracle_llm import OracleLLMArguments, train_oracle_llm
-
-    refer = world_dir / "refer"
-    train_oracle_llm(
-        OracleLLMArguments(
-            vision_tower=str(tower), llm=str(llm), chat_data=str(data), image_folder=str(refer),
-            refer_root=str(refer), out_dir=str(out_dir), phrase_data=str(phrases),
-            phrase_steps=config.oracle_phrase_steps, chat_steps=config.oracle_chat_steps,
-            lr=config.finetune_lr, select_layer=config.vision_select_layer,
-            benchmarks=",".join(b for b in config.benchmarks.split(",") if b.startswith("refcoco")),
-            eval_limit=config.eval_limit, seed=config.seed,
-        )
-    )
+    write_plain_llm(LLMSourceArguments(source=config.llm, out=str(out_dir), num_layers=config.llm_layers or None))
 
 
 def finetune(
     config: PipelineConfig, llm: Path, tower: Path, data: Path, image_root: Path, out_dir: Path,
-    steps: int, template: str = "vicuna_v1", init_from: Path | None = None, adapter: Path | None = None,
-    projector_only: bool = False,
+    projector_only: bool, adapter: Path | None = None,
 ) -> None:
-    """``deepspeed finetune/train.py`` (or plain python when no DeepSpeed config is given), ``steps``
-    steps on ``data`` in ``template``, starting from the LLaVA in ``init_from`` or the stage-1
-    projector in ``adapter`` when given; ``projector_only`` is LLaVA's stage 1 (LLM frozen)."""
+    """One LLaVA-1.5 stage with ``deepspeed finetune/train.py`` (plain python when no DeepSpeed config
+    is given): stage 1 (``projector_only``: tower and LLM frozen, ``align_steps`` at ``align_lr``) or
+    stage 2 (the LLM trains too, fully or with LoRA; from the stage-1 projector in ``adapter``)."""
+    steps, lr = (config.align_steps, config.align_lr) if projector_only else (config.finetune_steps, config.finetune_lr)
     per_rank = max(1, config.finetune_batch_size // config.num_ranks)
     args = [
         str(REPO_ROOT / "finetune" / "train.py"),
@@ -205,18 +182,18 @@ def finetune(
         "--data_path", str(data), "--image_folder", str(image_root), "--output_dir", str(out_dir),
         "--mm_projector_type", "mlp2x_gelu", "--mm_vision_select_layer", str(config.vision_select_layer),
         "--freeze_vision_tower", "True",
-        "--version", template, "--max_steps", str(steps), "--per_device_train_batch_size", str(per_rank),
-        "--learning_rate", str(config.finetune_lr), "--lr_scheduler_type", "cosine", "--warmup_steps", str(max(1, steps // 20)),
+        "--version", config.conversation_template, "--max_steps", str(steps), "--per_device_train_batch_size", str(per_rank),
+        "--learning_rate", str(lr), "--lr_scheduler_type", "cosine", "--warmup_steps", str(max(1, steps // 20)),
         "--weight_decay", "0.0", "--model_max_length", "512", "--logging_steps", "10",
         "--save_strategy", "no", "--report_to", "tensorboard", "--seed", str(config.seed),
         "--dataloader_num_workers", "0",
     ]
-    if init_from is not None:
-        args += ["--init_from", str(init_from)]
     if adapter is not None:
         args += ["--pretrain_mm_mlp_adapter", str(adapter)]
     if projector_only:
         args += ["--tune_mm_mlp_adapter", "True"]
+    elif config.lora_r:
+        args += ["--lora_enable", "True", "--lora_r", str(config.lora_r), "--lora_alpha", str(2 * config.lora_r)]
     if not torch.cuda.is_available():
         args += ["--use_cpu", "True"]  # CPU ranks talk over gloo
     port = None

@@ -11,7 +11,7 @@ right after the expression, plain template), then grounding chat steps. The resu
 causal-LM directory; every LLaVA of a comparison then starts from this same LLM with a fresh projector,
 so the towers stay the only difference.
 
-    python -m cloc_mllm.mllm.oracle_llm --vision_tower TOWER --llm LLM --chat_data train.json \
+    python -m experiments.tiny_llm_grounding.oracle_llm --vision_tower TOWER --llm LLM --chat_data train.json \
         --phrase_data phrases.json --image_folder world/refer --refer_root world/refer \
         --phrase_steps 3000 --chat_steps 1000 --out_dir runs/oracle_llm
 
@@ -33,14 +33,14 @@ from cloc_mllm.eval.benchmarks import load_grounding_benchmarks
 from cloc_mllm.eval.mllm_grounding import evaluate_mllm_grounding
 from cloc_mllm.mllm.builder import LlavaBuildArgs, build_llava, build_processor, prepare_tokenizer
 from cloc_mllm.mllm.data import LazySupervisedDataset
-from cloc_mllm.mllm.frozen_tokens import (
+from cloc_mllm.mllm.training import ModelArguments, set_trainable
+from experiments.tiny_llm_grounding.frozen_tokens import (
     finetune_on_tokens,
     images_of,
     refer_instances,
     use_token_table,
     write_loss_log,
 )
-from cloc_mllm.mllm.training import ModelArguments, set_trainable
 
 RESULT_FILE = "oracle_llm.json"
 

@@ -1,4 +1,4 @@
-"""Grounding experiments on cached tower tokens and on oracle tokens (cloc_mllm.mllm.frozen_tokens)."""
+"""Grounding experiments on cached tower tokens and on oracle tokens (experiments.tiny_llm_grounding.frozen_tokens)."""
 
 import json
 
@@ -9,14 +9,14 @@ from transformers import AutoTokenizer
 from cloc_mllm.data.synthetic import SyntheticWorldConfig, write_world
 from cloc_mllm.mllm import instruct_builders
 from cloc_mllm.mllm.builder import LlavaBuildArgs, build_llava
-from cloc_mllm.mllm.frozen_tokens import (
+from cloc_mllm.mllm.tiny import write_tiny_llm, write_tiny_tower
+from experiments.tiny_llm_grounding.frozen_tokens import (
     TokenTable,
     main,
     oracle_image_tokens,
     preprocess,
     tower_tokens,
 )
-from cloc_mllm.mllm.tiny import write_tiny_llm, write_tiny_tower
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ template between question and answer — the LLM must first move the words to th
 then look up: two hops. ``curriculum_steps`` trains with ``gap=0`` first, so the second hop is learned
 on top of a lookup that already works (docs/mllm.md, "Two hops").
 
-    python -m cloc_mllm.mllm.lookup_toy --gap 2 --curriculum_steps 1000 --steps 2500
+    python -m experiments.tiny_llm_grounding.lookup_toy --gap 2 --curriculum_steps 1000 --steps 2500
 """
 
 from __future__ import annotations

@@ -1,11 +1,11 @@
-"""The toy of the grounding lookup (cloc_mllm.mllm.lookup_toy): scenes, token layout, and that it learns."""
+"""The toy of the grounding lookup (experiments.tiny_llm_grounding.lookup_toy): scenes, token layout, and that it learns."""
 
 import json
 import random
 
 import pytest
 
-from cloc_mllm.mllm.lookup_toy import (
+from experiments.tiny_llm_grounding.lookup_toy import (
     LookupToyConfig,
     Vocabulary,
     box_digits,

@@ -1,4 +1,4 @@
-"""The LLM taught to ground on oracle tokens (cloc_mllm.mllm.oracle_llm)."""
+"""The LLM taught to ground on oracle tokens (experiments.tiny_llm_grounding.oracle_llm)."""
 
 import json
 
@@ -9,8 +9,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from cloc_mllm.data.synthetic import SyntheticWorldConfig, write_world
 from cloc_mllm.mllm import instruct_builders
 from cloc_mllm.mllm.builder import LlavaBuildArgs, build_llava
-from cloc_mllm.mllm.oracle_llm import OracleLLMArguments, main
 from cloc_mllm.mllm.tiny import write_tiny_llm, write_tiny_tower
+from experiments.tiny_llm_grounding.oracle_llm import OracleLLMArguments, main
 
 
 @pytest.fixture(scope="module")
