@@ -127,7 +127,7 @@ def test_smollm2_from_the_wheel_writes_a_plain_directory_that_answers(tmp_path):
         assert getattr(model.config, "quantization_config", None) is None
         ids = tok.apply_chat_template([{{"role": "user", "content": "What colour is the sky on a clear day?"}}],
                                       add_generation_prompt=True, return_tensors="pt", return_dict=True)
-        out = model.generate(**ids, max_new_tokens=16, do_sample=False)
+        out = model.generate(**ids, max_new_tokens=24, do_sample=False)
         print(tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True))
     """)
     answer = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600, cwd=tmp_path)

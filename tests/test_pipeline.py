@@ -99,7 +99,7 @@ def test_claims_directions_and_targets():
         "clip": _results(0.10, 0.50, 0.0),
         "cloc": _results(0.85, 0.48, 0.75),
         "llava_clip": _results(0, 0, 0.20),
-        "llava_cloc": _results(0, 0, 0.35),
+        "llava_cloc": _results(0, 0, 0.55),
     }
     claims = {c.name.split(" (")[0]: c for c in build_claims(metrics)}
     assert claims["Region recognition top-1"].target_met
@@ -107,7 +107,9 @@ def test_claims_directions_and_targets():
     assert claims["CLOC grounding head Acc@0.5"].cloc == pytest.approx(0.75)  # Flickr is not a RefCOCO split
     assert claims["MLLM grounding Acc@0.5"].target_met
     metrics["cloc"]["encoder"]["region_recognition"]["acc"] = 0.30
+    metrics["llava_cloc"] = _results(0, 0, 0.35)  # 15 points ahead, but below 50% absolute
     claims = {c.name.split(" (")[0]: c for c in build_claims(metrics)}
+    assert claims["MLLM grounding Acc@0.5"].direction_ok and not claims["MLLM grounding Acc@0.5"].target_met
     assert claims["Region recognition top-1"].direction_ok and not claims["Region recognition top-1"].target_met
 
 
