@@ -1,4 +1,4 @@
-"""bench.llava_budget --smoke: every depth x stage x head row is timed and the answer-only head is cheaper."""
+"""bench.llava_budget --smoke: every stage x head case is built, timed and written (timings themselves are not checked)."""
 
 import json
 import sys

@@ -126,3 +126,15 @@ def test_cider_when_available_and_absent(monkeypatch):
 
     monkeypatch.setattr(builtins, "__import__", no_cider)
     assert metrics.cider(preds, refs) is None
+
+
+def test_mean_box_reference_scores_the_constant_guess():
+    from cloc_mllm.eval.metrics import mean_box_accuracy
+
+    # two 100x100 images: targets left and right halves; the mean box is the centre half -> IoU 1/3 each
+    targets = [[(0, 0, 50, 100)], [(50, 0, 100, 100)]]
+    assert mean_box_accuracy(targets, [(100, 100)] * 2) == 0.0
+    assert mean_box_accuracy(targets, [(100, 100)] * 2, threshold=0.3) == 1.0
+    # the same normalised box in images of other sizes is one guess that hits both
+    assert mean_box_accuracy([[(10, 10, 30, 30)], [(20, 20, 60, 60)]], [(40, 40), (80, 80)]) == 1.0
+    assert mean_box_accuracy([[], []], [(10, 10)] * 2) is None

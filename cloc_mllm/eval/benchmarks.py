@@ -14,7 +14,7 @@ from pathlib import Path
 
 from cloc_mllm.data.flickr30k import FlickrPhrase, load_flickr30k_entities
 from cloc_mllm.data.refer import RefRecord, load_refer, refs_file
-from cloc_mllm.eval.metrics import centre_errors, score_grounding
+from cloc_mllm.eval.metrics import centre_errors, mean_box_accuracy, score_grounding
 
 logger = logging.getLogger(__name__)
 
@@ -179,7 +179,9 @@ def score_benchmark(
     predictions = [[_to_pixels(b, rows[i.key]) for b in rows[i.key].get("boxes", [])] for i in scored]
     targets = [list(item.boxes) for item in scored]
     result = {p: score_grounding(predictions, targets, protocol=p, ks=ks) for p in benchmark.protocols}
-    result["localisation"] = centre_errors(predictions, targets, [rows[i.key]["image_size"] for i in scored])
+    sizes = [rows[i.key]["image_size"] for i in scored]
+    result["localisation"] = centre_errors(predictions, targets, sizes)
+    result["reference"] = {"mean_box_acc@0.5": mean_box_accuracy(targets, sizes)}
     result["counts"] = {
         "items": len(benchmark.items),
         "scored": len(scored),

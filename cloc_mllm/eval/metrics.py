@@ -104,6 +104,29 @@ def centre_errors(
     }
 
 
+def mean_box_accuracy(
+    targets: Sequence[Sequence[Box]], sizes: Sequence[tuple[int, int]], threshold: float = 0.5
+) -> float | None:
+    """Reference row: Acc@``threshold`` (any target box) of one constant answer that ignores image and
+    question, the mean normalised target box of these items, put into each image's pixels.
+
+    What a grounder scores from the data's box prior alone; ``sizes`` are (width, height).
+    """
+    if len(targets) != len(sizes):
+        raise ValueError(f"{len(targets)} targets, {len(sizes)} sizes")
+    kept = [i for i, t in enumerate(targets) if t]
+    if not kept:
+        return None
+    scale = torch.tensor([[*sizes[i], *sizes[i]] for i in kept], dtype=torch.float64)  # (N, 4)
+    merged = torch.tensor([merge_boxes(targets[i]) for i in kept], dtype=torch.float64) / scale
+    guess = merged.mean(dim=0)
+    hits = 0
+    for row, i in enumerate(kept):
+        ious = box_iou((guess * scale[row]).unsqueeze(0), torch.tensor(targets[i], dtype=torch.float64))
+        hits += bool((ious >= threshold).any())
+    return hits / len(kept)
+
+
 def retrieval_recall(
     similarity: Tensor, positives: Tensor, ks: Sequence[int] = (1, 5, 10)
 ) -> dict[str, float]:

@@ -182,7 +182,11 @@ def write_report(
             enc_rows.append([f"patch probe layer {layer}: {label}", _get(metrics["clip"], *path), _get(metrics["cloc"], *path)])
     splits = sorted(set(metrics["llava_cloc"].get("grounding", {})) | set(metrics["cloc"].get("grounding", {})))
     mllm_columns = ["llava_clip", "llava_cloc", "cloc"]
-    mllm_rows = [[s] + [_get(metrics[name], "grounding", s, "any", "acc@0.5") for name in mllm_columns] for s in splits]
+    mllm_rows = [
+        [s] + [_get(metrics[name], "grounding", s, "any", "acc@0.5") for name in mllm_columns]
+        + [_get(metrics["llava_cloc"], "grounding", s, "reference", "mean_box_acc@0.5")]
+        for s in splits
+    ]
     where = ("localisation", "centre_error")
     centre_rows = [
         [s, _get(metrics["llava_clip"], "grounding", s, *where), _get(metrics["llava_cloc"], "grounding", s, *where),
@@ -211,7 +215,10 @@ def write_report(
         "Acc@0.5 per split: LLaVA on each exported tower, LLaVA-1.5's two stages (projector, then projector + "
         f"LLM) with the same pretrained LLM, data, steps and seed, and CLOC's own grounding head. LLM: {describe_llm(llm_source)}.",
         "",
-        _table(["split", "LLaVA-CLIP", "LLaVA-CLOC", "CLOC grounding head"], mllm_rows),
+        "Reference: one constant answer, the mean target box of the split (the data's box prior, blind to "
+        "image and question).",
+        "",
+        _table(["split", "LLaVA-CLIP", "LLaVA-CLOC", "CLOC grounding head", "constant mean box"], mllm_rows),
         "",
         "Centre error of the answered box (% of the image side, lower is better) against the blind guess "
         "(the test boxes' mean centre): an MLLM near the blind figure is not looking at the image.",
