@@ -63,7 +63,8 @@ def test_cloc_end_to_end_report_and_resume(world, tmp_path, monkeypatch):
     results = json.loads((out / "results.json").read_text())
     assert set(results["grounding"]) == {"refcoco_val", "flickr30k_test"}
     assert results["grounding_source"] == "CLOC grounding head"
-    assert set(results["grounding"]["flickr30k_test"]) == {"any", "first", "merged", "counts", "localisation"}
+    assert set(results["grounding"]["flickr30k_test"]) == {"any", "first", "merged", "counts", "localisation", "reference"}
+    assert 0 <= results["grounding"]["flickr30k_test"]["reference"]["mean_box_acc@0.5"] <= 1
     enc = results["encoder"]
     assert {"region_recognition", "region_text_retrieval", "image_text_retrieval"} <= set(enc)
     assert results["unavailable"]["zero_shot_classification"].startswith("no image folder")
