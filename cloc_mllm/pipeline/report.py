@@ -136,15 +136,21 @@ def plot_training(logs: dict[str, list[dict]], path: Path) -> None:
 
 
 def plot_mllm_splits(metrics: dict[str, dict], path: Path) -> None:
+    """Acc@0.5 per split: both LLaVAs and CLOC's grounding head as bars, the constant mean box as a tick."""
     splits = list(metrics["llava_cloc"].get("grounding", {}))
     fig, ax = plt.subplots(figsize=(8, 3.6))
-    for offset, (name, colour) in zip((-0.2, 0.2), (("llava_clip", "#8c8c8c"), ("llava_cloc", "#d95f02"))):
+    bars = (("llava_clip", "LLaVA-CLIP", "#8c8c8c"), ("llava_cloc", "LLaVA-CLOC", "#d95f02"), ("cloc", "CLOC grounding head", "#1b9e77"))
+    for offset, (name, label, colour) in zip((-0.27, 0.0, 0.27), bars):
         values = [100 * (_get(metrics[name], "grounding", s, "any", "acc@0.5") or 0) for s in splits]
-        ax.bar([i + offset for i in range(len(splits))], values, 0.4, label=name.replace("_", "-").upper(), color=colour)
+        ax.bar([i + offset for i in range(len(splits))], values, 0.27, label=label, color=colour)
+    reference = [100 * (_get(metrics["llava_cloc"], "grounding", s, "reference", "mean_box_acc@0.5") or 0) for s in splits]
+    ax.hlines(reference, [i - 0.42 for i in range(len(splits))], [i + 0.42 for i in range(len(splits))],
+              colors="black", linestyles="--", label="constant mean box")
     ax.set_xticks(range(len(splits)), splits, rotation=20, fontsize=7)
     ax.set_ylabel("Acc@0.5 (%)")
-    ax.legend()
-    ax.set_title("MLLM grounding per split")
+    ax.set_ylim(0, 100)
+    ax.legend(fontsize=7)
+    ax.set_title("Grounding per split")
     save_figure(fig, path)
 
 
