@@ -193,6 +193,10 @@ def write_report(
         + [_get(metrics["llava_cloc"], "grounding", s, "reference", "mean_box_acc@0.5")]
         for s in splits
     ]
+    refer_rows = [
+        [s] + [_get(metrics[name], "referring", s, key) for name in ("llava_clip", "llava_cloc") for key in ("noun", "token_f1")]
+        for s in metrics["llava_cloc"].get("referring", {})
+    ]
     where = ("localisation", "centre_error")
     centre_rows = [
         [s, _get(metrics["llava_clip"], "grounding", s, *where), _get(metrics["llava_cloc"], "grounding", s, *where),
@@ -232,6 +236,11 @@ def write_report(
         _table(["split", "LLaVA-CLIP", "LLaVA-CLOC", "CLOC grounding head", "blind guess"], centre_rows),
         "",
         "![mllm](mllm_grounding.png)",
+        "",
+        "Referring (\"What object is at [x1, y1, x2, y2]?\"): the object's class noun in the answer, and word-overlap F1 "
+        "with the referring expressions.",
+        "",
+        _table(["split", "LLaVA-CLIP noun", "LLaVA-CLIP F1", "LLaVA-CLOC noun", "LLaVA-CLOC F1"], refer_rows),
         "",
         "## Training curves",
         "![training](training_curves.png)",
