@@ -4,19 +4,7 @@ python eval/run.py --suite all --model DIR --data-root DIR --out results/X
 torchrun --nproc_per_node 8 eval/run.py --suite grounding --model LLAVA_DIR --data-root DATA --out results/Y
 """
 
-import logging
-import sys
-
-from transformers import HfArgumentParser
-
-from cloc_mllm.eval.runner import EvalArguments, run_evaluation
-
-
-def main(argv: list[str] | None = None) -> None:
-    (args,) = HfArgumentParser(EvalArguments).parse_args_into_dataclasses(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    run_evaluation(args)
-
+from cloc_mllm.eval.runner import main
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()

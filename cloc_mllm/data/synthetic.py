@@ -16,12 +16,13 @@ from __future__ import annotations
 import io
 import json
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
+from transformers import HfArgumentParser
 
 from ..mllm.box_text import format_box
 from ..visualize import draw_boxes, image_grid
@@ -292,3 +293,24 @@ def load_world_manifest(out_dir: str | Path) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no world manifest; run scripts/make_synthetic.py first")
     return json.loads(path.read_text())
+
+
+@dataclass
+class OutputArguments:
+    out: str = field(metadata={"help": "Directory to write the world into."})
+    formats: list[str] = field(
+        default_factory=lambda: ["all"], metadata={"help": f"'all' or some of {list(FORMATS)}."}
+    )
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = HfArgumentParser((OutputArguments, SyntheticWorldConfig))
+    output, cfg = parser.parse_args_into_dataclasses(args=argv)
+    formats = "all" if output.formats == ["all"] else output.formats
+    manifest = write_world(output.out, cfg, formats)
+    print(
+        json.dumps(
+            {"out": output.out, "splits": manifest["splits"], "formats": manifest["formats"]}, indent=1
+        )
+    )
+    return manifest

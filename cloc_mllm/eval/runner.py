@@ -419,3 +419,10 @@ def write_outputs(
     report.write_json(out / "results.json", results)
     write_bytes_atomic(out / "results.md", report.results_markdown(results, plots).encode("utf-8"))
     logger.info("wrote %s", out / "results.md")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The evaluation command (``eval/run.py``, ``cloc-mllm eval``)."""
+    (args,) = transformers.HfArgumentParser(EvalArguments).parse_args_into_dataclasses(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    run_evaluation(args)

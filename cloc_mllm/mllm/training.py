@@ -31,6 +31,7 @@ from cloc_mllm.mllm.lora import PROJECTOR, apply_lora, quantization_config
 from cloc_mllm.mllm.modeling_cloc_llava import region_features_trainable
 from cloc_mllm.mllm.projector import projector_depth
 from cloc_mllm.mllm.sampler import ModalityLengthGroupedSampler
+from cloc_mllm.training.distributed import leave_process_group
 
 logger = logging.getLogger(__name__)
 PROJECTOR_FILE = "mm_projector.safetensors"
@@ -353,3 +354,17 @@ def _write_json(path: Path, payload: dict) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(payload, indent=2))
     os.replace(tmp, path)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The finetuning command (``finetune/train.py``, ``cloc-mllm finetune``), under any launcher."""
+    parser = transformers.HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
+    train(*parser.parse_args_into_dataclasses(args=argv))
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        # Tear the process group down together, before interpreter exit. Left alive, its communication
+        # threads are destroyed while still joinable and the rank aborts ("terminate called without an
+        # active exception") after a successful run; torn down by a rank that finished early (ranks > 0
+        # skip the writing of the model), while rank 0 still uses its connections, the same abort was
+        # seen. The barrier makes every rank wait for the slowest before any shuts down.
+        torch.distributed.barrier()
+        leave_process_group()
