@@ -23,7 +23,6 @@ from pathlib import Path
 
 import torch
 from transformers import (
-    AutoConfig,
     AutoModelForCausalLM,
     AutoTokenizer,
     HfArgumentParser,
@@ -150,8 +149,10 @@ class LLMSourceArguments:
 def write_plain_llm(args: LLMSourceArguments) -> Path:
     """``source`` as a plain HF directory (safetensors, tokenizer with its chat template), written atomically."""
     tokenizer = load_tokenizer(args.source)
-    model = load_language_model(args.source, dtype=torch.float32, num_layers=args.num_layers)
-    full_layers = None if args.num_layers is None else _source_layers(args.source)
+    model = load_language_model(args.source, dtype=torch.float32)
+    full_layers = model.config.num_hidden_layers
+    if args.num_layers is not None:
+        truncate_layers(model, args.num_layers)
     with atomic_output_dir(args.out) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
@@ -160,13 +161,6 @@ def write_plain_llm(args: LLMSourceArguments) -> Path:
         (Path(tmp) / SOURCE_FILE).write_text(json.dumps(record, indent=1))
     logger.info("wrote %s (%s)", args.out, record)
     return Path(args.out)
-
-
-def _source_layers(source: str) -> int:
-    gguf = gguf_location(source)
-    if gguf is None:
-        return AutoConfig.from_pretrained(source).num_hidden_layers
-    return AutoConfig.from_pretrained(str(gguf.directory), gguf_file=gguf.file_name).num_hidden_layers
 
 
 def main(argv: list[str] | None = None) -> None:
