@@ -27,7 +27,8 @@ PROFILES: dict[str, dict] = {
     ),
     "reproduce": dict(
         num_train=6000, num_val=200, num_test=400, pretrain_steps=3500, pretrain_batch_size=48, warmup_steps=100,
-        # ~2 s a step per tower at batch 16 on two CPU ranks (quick profile, 4 layers): 2 x 900 steps ~ 1 h
+        # measured at batch 16 on two CPU ranks, 4 layers: stage 1 ~2 s a step, stage 2 ~3.6 s (whole LLM);
+        # 2 x (300 x 2 + 600 x 3.6) s ~ 1.5 h of LLaVA training after the pretrainings (not yet run)
         llm_layers=4, align_steps=300, align_lr=2e-3, finetune_steps=600, finetune_lr=5e-4, finetune_batch_size=16,
         lora_r=0, eval_limit=400,
         benchmarks="refcoco_val,refcoco_testA,refcoco_testB,refcoco+_val,refcoco+_testA,refcoco+_testB,"
