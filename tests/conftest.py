@@ -10,32 +10,20 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
+@pytest.fixture(autouse=True)
+def keep_torch_threads():
+    """Benchmark smoke runs and rank simulations change the thread count; every test gets it back."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def tiny_config():
-    """A CLOC config smaller than the ``tiny`` preset: 32 px images, 4x4 patches, width 32."""
-    from cloc_mllm import CLOCConfig
+    """A CLOC config smaller than the ``tiny`` preset: 32 px images, 8 px patches, width 32."""
+    from tests.builders import tiny_cloc_config
 
-    return CLOCConfig.from_preset(
-        "tiny",
-        projection_dim=32,
-        vision_config={
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 2,
-            "image_size": 32,
-            "patch_size": 8,
-        },
-        text_config={
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 2,
-            "vocab_size": 64,
-            "max_position_embeddings": 16,
-        },
-        prompter_config={"hidden_size": 32, "intermediate_size": 64},
-    )
+    return tiny_cloc_config()
 
 
 def random_batch(config, batch_size=4, num_regions=3, text_len=8, seed=0):

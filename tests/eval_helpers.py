@@ -6,6 +6,7 @@ from pathlib import Path
 
 from cloc_mllm.data.synthetic import SyntheticWorldConfig, write_world
 from cloc_mllm.data.tokenizer import load_tokenizer
+from tests.builders import tiny_cloc_config
 
 # Non-square images, so a box mapped without the transform's inverse would score wrong under "pad".
 WORLD = SyntheticWorldConfig(
@@ -19,18 +20,9 @@ def make_world(out: Path) -> Path:
 
 
 def tiny_cloc(tokenizer):
-    from cloc_mllm import CLOCConfig, CLOCModel
+    from cloc_mllm import CLOCModel
 
-    cfg = CLOCConfig.from_preset(
-        "tiny",
-        projection_dim=32,
-        vision_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
-                       "image_size": 32, "patch_size": 8},
-        text_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
-                     "vocab_size": len(tokenizer), "max_position_embeddings": 32},
-        prompter_config={"hidden_size": 32, "intermediate_size": 64},
-    )  # fmt: skip
-    return CLOCModel(cfg)
+    return CLOCModel(tiny_cloc_config(layers=1, vocab_size=len(tokenizer), max_positions=32))
 
 
 def save_tiny_cloc(world: Path, out: Path) -> Path:

@@ -102,11 +102,13 @@ def torchrun(nproc: int = 2) -> list[str]:
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc)]
 
 
-def run_train_script(args: list[str], launcher: list[str] | None = None, timeout: float = 240):
-    """``[launcher] pretrain/train.py args``; raises with the output tail when it fails."""
+def run_train_script(
+    args: list[str], launcher: list[str] | None = None, timeout: float = 240, cwd: Path = REPO
+):
+    """``[launcher] pretrain/train.py args`` run in ``cwd``; raises with the output tail when it fails."""
     command = (launcher or [sys.executable]) + [str(REPO / "pretrain" / "train.py"), *args]
     result = subprocess.run(
-        command, env=script_env(), cwd=REPO, capture_output=True, text=True, timeout=timeout
+        command, env=script_env(), cwd=cwd, capture_output=True, text=True, timeout=timeout
     )
     if result.returncode != 0:
         raise AssertionError(f"{' '.join(command)} failed ({result.returncode}):\n{result.stderr[-4000:]}")

@@ -2,17 +2,9 @@
 
 import json
 
-import pytest
 import torch
 
 from bench import clip_vs_hf, common
-
-
-@pytest.fixture(autouse=True)
-def keep_torch_threads():  # smoke runs drop to one thread; give the next test its count back
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_hf_twin_matches_our_clip_loss_and_gradients(tiny_config):

@@ -2,17 +2,9 @@
 
 import json
 
-import pytest
 import torch
 
 from bench import gpu_throughput
-
-
-@pytest.fixture(autouse=True)
-def keep_torch_threads():  # smoke runs drop to one thread; give the next test its count back
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_cpu_run_falls_back_to_smoke_and_reports_missing_gpu_figures(tmp_path, capsys, monkeypatch):

@@ -3,16 +3,8 @@
 import json
 
 import pytest
-import torch
 
 from bench import grounding_latency
-
-
-@pytest.fixture(autouse=True)
-def keep_torch_threads():  # smoke runs drop to one thread; give the next test its count back
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_smoke_run_writes_results_and_prints_ratio_last(tmp_path, capsys):

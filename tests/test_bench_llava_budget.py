@@ -4,16 +4,8 @@ import json
 import sys
 
 import pytest
-import torch
 
 from bench import llava_budget
-
-
-@pytest.fixture(autouse=True)
-def keep_torch_threads():  # smoke runs drop to one thread; give the next test its count back
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.mark.slow

@@ -2,17 +2,9 @@
 
 import json
 
-import pytest
 import torch
 
 from bench import mllm_step
-
-
-@pytest.fixture(autouse=True)
-def keep_torch_threads():  # smoke runs drop to one thread; give the next test its count back
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_region_case_differs_only_by_region_tokens_and_trains_the_region_mlp():

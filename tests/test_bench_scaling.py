@@ -2,17 +2,7 @@
 
 import json
 
-import pytest
-import torch
-
 from bench import scaling
-
-
-@pytest.fixture(autouse=True)
-def keep_torch_threads():  # smoke runs drop to one thread; give the next test its count back
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_smoke_run_writes_results_plot_and_prints_ratio_last(tmp_path, capsys):

@@ -57,6 +57,19 @@ def test_loader_counts_match_the_generator(world):
     assert any(len(item.boxes) > 1 for item in flickr_items)  # grouped mentions: several boxes
 
 
+def test_refer_items_carry_their_scene_and_the_random_object_references(world):
+    (bench,), _ = load_grounding_benchmarks(world / "refer", None, ["refcoco_val"])
+    for item in bench.items:
+        assert tuple(item.boxes[0]) in [box for box, _ in item.objects]  # the referred object is in its scene
+        assert item.noun in [name for _, name in item.objects]
+    perfect = {i.key: {"status": "ok", "boxes": [[0.0, 0.0, 1.0, 1.0]], "image_size": [i.width, i.height]} for i in bench.items}
+    reference = score_benchmark(bench, perfect)["reference"]
+    # a random object of the named class can only beat a random object of any class
+    assert 0 < reference["random_object_acc@0.5"] <= reference["random_same_class_acc@0.5"] <= 1
+    scenes = [len(i.objects) for i in bench.items]
+    assert reference["random_object_acc@0.5"] >= sum(1 / n for n in scenes) / len(scenes)  # the target itself
+
+
 def test_missing_data_is_reported_not_raised(world, tmp_path):
     benchmarks, unavailable = load_grounding_benchmarks(
         world / "refer", tmp_path / "nowhere", ["refcoco_val", "flickr30k_test"], limit=3

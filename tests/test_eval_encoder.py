@@ -92,7 +92,7 @@ def test_grounding_head_boxes_come_back_to_the_original_image(world, tokenizer):
     )
     assert metrics["oracle"]["any"]["acc@0.5"] == 1.0
     assert metrics["oracle"]["any"]["mean_iou"] == pytest.approx(1.0, abs=1e-4)
-    assert set(metrics["oracle"]["any"]) == {"acc@0.5", "mean_iou", "n"}  # one box: no Recall@k
+    assert set(metrics["oracle"]["any"]) == {"acc@0.5", "mean_iou", "n", "hits@0.5"}  # one box: no Recall@k
 
 
 def test_region_recognition_maps_boxes_into_the_model_frame(world, tokenizer):

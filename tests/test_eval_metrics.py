@@ -138,3 +138,40 @@ def test_mean_box_reference_scores_the_constant_guess():
     # the same normalised box in images of other sizes is one guess that hits both
     assert mean_box_accuracy([[(10, 10, 30, 30)], [(20, 20, 60, 60)]], [(40, 40), (80, 80)]) == 1.0
     assert mean_box_accuracy([[], []], [(10, 10)] * 2) is None
+
+
+def test_random_object_reference_is_the_expected_share_of_hitting_candidates():
+    from cloc_mllm.eval.metrics import random_object_accuracy
+
+    target = [(0, 0, 10, 10)]
+    # 1 of 4 candidates is the target (IoU 1), one overlaps it at IoU 0.5 (a hit), two are elsewhere
+    candidates = [(0, 0, 10, 10), (0, 0, 10, 5), (50, 50, 60, 60), (70, 70, 80, 80)]
+    assert random_object_accuracy([target], [candidates]) == pytest.approx(2 / 4)
+    # averaged over items; an item without candidates is left out
+    assert random_object_accuracy([target, target, target], [candidates, [(0, 0, 10, 10)], []]) == pytest.approx(0.75)
+    assert random_object_accuracy([target], [[]]) is None
+    with pytest.raises(ValueError):
+        random_object_accuracy([target], [])
+
+
+def test_paired_bootstrap_gap_brackets_the_observed_gap_and_shrinks_with_items():
+    from cloc_mllm.eval.metrics import paired_bootstrap_gap
+
+    a = {"s1": [0] * 50 + [1] * 50, "s2": [0] * 80 + [1] * 20}
+    b = {"s1": [1] * 70 + [0] * 30, "s2": [1] * 40 + [0] * 60}
+    got = paired_bootstrap_gap(a, b, resamples=4000, seed=1)
+    assert got["gap"] == pytest.approx(((0.7 - 0.5) + (0.4 - 0.2)) / 2)
+    assert got["low"] < got["gap"] < got["high"]
+    tenfold = paired_bootstrap_gap({k: v * 10 for k, v in a.items()}, {k: v * 10 for k, v in b.items()}, resamples=4000)
+    assert (tenfold["high"] - tenfold["low"]) < 0.5 * (got["high"] - got["low"])
+    same = paired_bootstrap_gap(a, a)  # identical systems: every resample's gap is exactly 0
+    assert same["low"] == same["high"] == same["gap"] == 0
+    with pytest.raises(ValueError, match="same items"):
+        paired_bootstrap_gap({"s1": [0, 1]}, {"s1": [0, 1, 1]})
+    with pytest.raises(ValueError, match="same splits"):
+        paired_bootstrap_gap({"s1": [0]}, {"s2": [0]})
+
+
+def test_score_grounding_keeps_per_item_hits_in_order():
+    got = metrics.score_grounding([[(0, 0, 10, 10)], [], [(0, 0, 10, 4)]], [[(0, 0, 10, 10)]] * 3)
+    assert got["hits@0.5"] == [1, 0, 0]

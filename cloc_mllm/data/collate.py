@@ -63,7 +63,7 @@ class CLOCCollator:
     - ``region_boxes`` (B, M, 4) normalised xyxy in the *model* frame (after the transform)
     - ``region_input_ids`` / ``region_attention_mask`` (B, M, Lr); ``region_mask`` (B, M) bool
 
-    ``meta`` is the shard json (DESIGN §4): pixel boxes relative to its ``width``/``height``.
+    ``meta`` is the shard json (docs/data_formats.md): pixel boxes relative to its ``width``/``height``.
     """
 
     tokenizer: PreTrainedTokenizerBase

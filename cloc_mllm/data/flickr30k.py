@@ -3,8 +3,13 @@
 Sentences mark phrases inline as ``[/EN#18/people A child]``; the image's xml lists boxes per phrase
 id, or flags the phrase as having no box (``nobndbox``) or being the whole scene (``scene``). Those
 phrases cannot be grounded to a box, so they are counted, not returned, as in the published protocols.
-xml coordinates are VOC style (1-based, inclusive pixels); records hold 0-based continuous pixel xyxy,
-i.e. ``(xmin - 1, ymin - 1, xmax, ymax)``.
+
+Boxes are read exactly as the dataset's own reader does (``get_annotations`` in
+github.com/BryanPlummer/flickr30k_entities ``flickr30k_entities_utils.py``, commit b233c8d): every
+``<name>`` of an ``<object>`` gets its box, and all four xml numbers (1-based pixel indices, VOC style)
+lose 1, ``(xmin - 1, ymin - 1, xmax - 1, ymax - 1)``, used as continuous xyxy. So ``x2`` is the index
+of the box's last pixel column, one pixel short of its pixel set: that is the ground truth every score
+on the dataset is computed against, so it is ours too (docs/boxes.md, docs/evaluation.md).
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ _PHRASE = re.compile(r"\[/EN#(\d+)/(\S+) ([^\]]*)\]")
 
 @dataclass(frozen=True)
 class FlickrPhrase:
-    """One phrase of one sentence with its ground-truth boxes (0-based pixel xyxy)."""
+    """One phrase of one sentence with its ground-truth boxes (pixel xyxy, the dataset reader's)."""
 
     image_id: str
     sentence: str
@@ -66,13 +71,15 @@ def parse_annotation(path: Path) -> _ImageAnnotation:
         ids = [name.text.strip() for name in obj.findall("name") if name.text]
         bndbox = obj.find("bndbox")
         if bndbox is not None:
-            x1, y1, x2, y2 = (float(bndbox.findtext(k, "0")) for k in ("xmin", "ymin", "xmax", "ymax"))
+            box = tuple(float(bndbox.findtext(k, "0")) - 1 for k in ("xmin", "ymin", "xmax", "ymax"))
             for pid in ids:
-                ann.boxes.setdefault(pid, []).append((x1 - 1, y1 - 1, x2, y2))
-        elif obj.findtext("scene", "0").strip() == "1":
-            ann.scene.update(ids)
-        else:
+                ann.boxes.setdefault(pid, []).append(box)
+            continue
+        # Like the dataset's reader: the two flags are independent, an object may carry both.
+        if int(obj.findtext("nobndbox") or 0) > 0:
             ann.no_box.update(ids)
+        if int(obj.findtext("scene") or 0) > 0:
+            ann.scene.update(ids)
     return ann
 
 

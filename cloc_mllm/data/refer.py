@@ -149,6 +149,23 @@ def load_refer(
     return records
 
 
+def image_objects(data_root: str | Path, dataset: str = "refcoco") -> dict[int, list[tuple[tuple[float, float, float, float], str]]]:
+    """Every annotated object of each image of ``dataset``'s instances.json: image id -> [(pixel xyxy,
+    category name)]. Referred or not, these are what a grounder that ignores the words could answer."""
+    inst_path = Path(data_root) / dataset / "instances.json"
+    if not inst_path.is_file():
+        raise FileNotFoundError(f"{inst_path}: missing; expected the refer layout DATA/{dataset}/...")
+    instances = json.loads(inst_path.read_text())
+    categories = {cat["id"]: cat["name"] for cat in instances.get("categories", [])}
+    objects: dict[int, list] = {}
+    for ann in instances.get("annotations", []):
+        x, y, w, h = (float(v) for v in ann["bbox"])
+        if w > 0 and h > 0:
+            box = (x, y, x + w, y + h)
+            objects.setdefault(int(ann["image_id"]), []).append((box, categories.get(ann.get("category_id"), "object")))
+    return objects
+
+
 def _make_record(
     ref: dict, images: dict, anns: dict, categories: dict, image_dir: Path, stats: Counter
 ) -> RefRecord | None:

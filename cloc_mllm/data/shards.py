@@ -21,6 +21,8 @@ from typing import NamedTuple
 import webdataset as wds
 from PIL import Image
 
+from cloc_mllm.data.images import annotated_rgb
+
 logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
@@ -29,7 +31,7 @@ IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
 class ShardSample(NamedTuple):
     key: str
     image: Image.Image  # RGB, fully decoded
-    meta: dict  # the KEY.json record (DESIGN §4)
+    meta: dict  # the KEY.json record (docs/data_formats.md)
     url: str
 
 
@@ -80,7 +82,9 @@ def decode_sample(raw: dict, stats: Counter) -> ShardSample | None:
         return None
     try:
         with Image.open(io.BytesIO(raw[ext])) as image:
-            rgb = image.convert("RGB")  # forces the full decode, so truncated files fail here
+            # the frame the sample's boxes were drawn on (as evaluation reads it); forces the full
+            # decode, so truncated files fail here
+            rgb = annotated_rgb(image, (meta.get("width", 0), meta.get("height", 0)))
     except Exception as exc:  # PIL raises many types for corrupt data; any of them means "skip"
         stats["images_undecodable"] += 1
         logger.warning("%s: sample %s: undecodable %s (%s); skipped", url, key, ext, exc)

@@ -1,5 +1,5 @@
 """The synthetic world: procedurally drawn shape scenes with known boxes, captions, region phrases and
-referring expressions, written in every data format of DESIGN §4.
+referring expressions, written in every data format of docs/data_formats.md.
 
 It exists so the whole pipeline (pretraining, VESL, LLaVA finetuning, evaluation) runs and *learns*
 anywhere in minutes. Objects come with distractors (same shape other colour, same colour other shape,
@@ -228,9 +228,9 @@ def write_world(
     out_dir: str | Path, cfg: SyntheticWorldConfig | None = None, formats: str | Sequence[str] = "all"
 ) -> dict:
     """Generate the world and write the chosen formats under ``out_dir``; returns the manifest, which
-    is also saved as ``out_dir/world.json``. Layout (DESIGN §4): ``images/{split}/KEY.jpg`` always,
-    ``shards/``, ``refer/``, ``flickr30k_entities/``, ``llava/``, ``coco/``, ``tokenizer/``,
-    ``preview.png``."""
+    is also saved as ``out_dir/world.json``. Layout (docs/synthetic_world.md):
+    ``images/{split}/KEY.jpg`` always, ``shards/``, ``refer/``, ``flickr30k_entities/``, ``llava/``,
+    ``coco/``, ``tokenizer/``, ``preview.png``."""
     cfg = cfg or SyntheticWorldConfig()
     out = Path(out_dir)
     chosen = _formats(formats)

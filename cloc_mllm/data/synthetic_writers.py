@@ -1,4 +1,4 @@
-"""Writers of the synthetic world, one per on-disk format of DESIGN §4.
+"""Writers of the synthetic world, one per on-disk format of docs/data_formats.md.
 
 Each writer takes finished ``WorldSample``s (all randomness already spent) and only formats them, so
 every layout describes the same images, boxes and sentences. Every file is written to a temporary name
@@ -98,7 +98,7 @@ class ImageFolderWriter:
 
 
 def shard_record(sample: WorldSample) -> dict:
-    """The pretraining json of DESIGN §4 (boxes in pixels, ground truth scored 1.0)."""
+    """The pretraining shard json of docs/data_formats.md (boxes in pixels, ground truth scored 1.0)."""
     regions = [
         {"box": list(o.box), "phrase": text, "score": 1.0}
         for o, text in zip(sample.scene.objects, sample.region_texts, strict=True)
@@ -299,8 +299,9 @@ class CocoWriter:
 
 
 class FlickrWriter:
-    """Flickr30k Entities layout: ``Annotations/ID.xml`` (1-based pixel boxes), ``Sentences/ID.txt``
-    (``[/EN#id/type words]`` markup), ``{train,val,test}.txt`` and ``flickr30k-images/ID.jpg``.
+    """Flickr30k Entities layout: ``Annotations/ID.xml`` (1-based inclusive pixel boxes),
+    ``Sentences/ID.txt`` (``[/EN#id/type words]`` markup), ``{train,val,test}.txt`` and
+    ``flickr30k-images/ID.jpg``.
 
     Entity ids are ``image_id * 100 + k``: one per object, one per grouped mention ("two red circles",
     an entity with several boxes) and one for the background scene phrase (no box, ``<scene>1``).
@@ -348,7 +349,9 @@ class FlickrWriter:
                 if i in members:
                     ET.SubElement(node, "name").text = str(eid)
             box = ET.SubElement(node, "bndbox")
-            x1, y1, x2, y2 = obj.box  # 0-based, exclusive ends -> 1-based inclusive pixels
+            # Pixel columns x1 .. x2-1 (0-based) -> first and last pixel counted from 1, the dataset's
+            # convention; its reader (and ours) gives back (x1, y1, x2 - 1, y2 - 1).
+            x1, y1, x2, y2 = obj.box
             for tag, value in (("xmin", x1 + 1), ("ymin", y1 + 1), ("xmax", x2), ("ymax", y2)):
                 ET.SubElement(box, tag).text = str(value)
         scene_ids = {eid for members, eid in entity.items() if not members}

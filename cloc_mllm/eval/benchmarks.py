@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cloc_mllm.data.flickr30k import FlickrPhrase, load_flickr30k_entities
-from cloc_mllm.data.refer import RefRecord, load_refer, refs_file
-from cloc_mllm.eval.metrics import centre_errors, mean_box_accuracy, score_grounding
+from cloc_mllm.data.refer import RefRecord, image_objects, load_refer, refs_file
+from cloc_mllm.eval.metrics import centre_errors, mean_box_accuracy, random_object_accuracy, score_grounding
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +48,8 @@ class GroundingItem:
     target: str = ""  # items sharing a target refer to the same box(es): referring asks once per target
     noun: str = ""  # the object's class word, for referring's noun match
     sentence: str = ""  # Flickr30k: the sentence the phrase comes from
+    # every annotated object of the image, (pixel xyxy, class name); empty when the dataset lists none
+    objects: tuple[tuple[Box, str], ...] = ()
 
 
 @dataclass
@@ -91,8 +93,11 @@ def region_targets(benchmark: GroundingBenchmark) -> tuple[list[RegionTarget], C
     return targets, skipped
 
 
-def refer_items(records: list[RefRecord], prefix: str) -> list[GroundingItem]:
-    """One item per sentence of every ref."""
+def refer_items(
+    records: list[RefRecord], prefix: str, objects: dict[int, list[tuple[Box, str]]] | None = None
+) -> list[GroundingItem]:
+    """One item per sentence of every ref; ``objects`` (:func:`image_objects`) fills each item's scene."""
+    objects = objects or {}
     return [
         GroundingItem(
             key=f"{prefix}/{r.ref_id}/{i}",
@@ -103,6 +108,7 @@ def refer_items(records: list[RefRecord], prefix: str) -> list[GroundingItem]:
             height=r.height,
             target=f"{prefix}/{r.ref_id}",
             noun=r.category,
+            objects=tuple(objects.get(r.image_id, ())),
         )
         for r in records
         for i, sentence in enumerate(r.sentences)
@@ -152,7 +158,7 @@ def load_grounding_benchmarks(
                 unavailable[name] = f"no refer files for {dataset}({split_by}) under {refer_root}"
                 continue
             records = load_refer(refer_root, dataset, split_by, split, refer_image_dir, stats=skipped)
-            items, protocols = refer_items(records, name), REFER_PROTOCOLS
+            items, protocols = refer_items(records, name, image_objects(refer_root, dataset)), REFER_PROTOCOLS
         else:
             if flickr_root is None or not (Path(flickr_root) / f"{split}.txt").is_file():
                 unavailable[name] = f"no Flickr30k Entities {split}.txt under {flickr_root}"
@@ -182,6 +188,11 @@ def score_benchmark(
     sizes = [rows[i.key]["image_size"] for i in scored]
     result["localisation"] = centre_errors(predictions, targets, sizes)
     result["reference"] = {"mean_box_acc@0.5": mean_box_accuracy(targets, sizes)}
+    if any(item.objects for item in scored):
+        scenes = [[box for box, _ in item.objects] for item in scored]
+        same_class = [[box for box, name in item.objects if name == item.noun] for item in scored]
+        result["reference"]["random_object_acc@0.5"] = random_object_accuracy(targets, scenes)
+        result["reference"]["random_same_class_acc@0.5"] = random_object_accuracy(targets, same_class)
     result["counts"] = {
         "items": len(benchmark.items),
         "scored": len(scored),

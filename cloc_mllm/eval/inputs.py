@@ -14,6 +14,7 @@ from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 from transformers import PreTrainedTokenizerBase
 
+from cloc_mllm.data.images import annotated_rgb
 from cloc_mllm.data.transforms import ImageTransform
 
 
@@ -32,11 +33,13 @@ class ImageRef:
     height: int = 0
 
 
-def open_image(path: str | Path) -> Image.Image | None:
-    """The RGB image, or None when the file is missing or unreadable (callers count it)."""
+def open_image(path: str | Path, size: Sequence[int] | None = None) -> Image.Image | None:
+    """The RGB image in the frame of an annotation of ``size`` (width, height; default: upright, EXIF
+    applied; ``data.images.annotated_rgb``), or None when the file is missing or unreadable (callers
+    count it)."""
     try:
         with Image.open(path) as image:
-            return image.convert("RGB")
+            return annotated_rgb(image, size)
     except (FileNotFoundError, UnidentifiedImageError, OSError, ValueError):
         return None
 
@@ -49,7 +52,7 @@ def load_images(records: Sequence[HasImage]) -> tuple[list[Image.Image | None], 
     """
     images, sizes = [], []
     for record in records:
-        image = open_image(record.image_path)
+        image = open_image(record.image_path, (record.width, record.height))
         images.append(image)
         if record.width > 0 and record.height > 0:
             sizes.append([record.width, record.height])

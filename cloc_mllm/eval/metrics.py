@@ -66,10 +66,13 @@ def score_grounding(
         first_ious.append(ious[0] if ious else 0.0)
         for k in ks:
             hits[k] += any(iou >= threshold for iou in ious[:k])
-    result = {f"acc@{threshold:g}": sum(iou >= threshold for iou in first_ious) / max(n, 1)}
+    first_hits = [int(iou >= threshold) for iou in first_ious]
+    result = {f"acc@{threshold:g}": sum(first_hits) / max(n, 1)}
     result.update({f"recall@{k}": hits[k] / max(n, 1) for k in ks})
     result["mean_iou"] = sum(first_ious) / max(n, 1)
     result["n"] = n
+    # Per item, in the benchmark's order: what a paired comparison of two systems resamples.
+    result[f"hits@{threshold:g}"] = first_hits
     return result
 
 
@@ -125,6 +128,60 @@ def mean_box_accuracy(
         ious = box_iou((guess * scale[row]).unsqueeze(0), torch.tensor(targets[i], dtype=torch.float64))
         hits += bool((ious >= threshold).any())
     return hits / len(kept)
+
+
+def random_object_accuracy(
+    targets: Sequence[Sequence[Box]], candidates: Sequence[Sequence[Box]], threshold: float = 0.5
+) -> float | None:
+    """Reference row: the expected Acc@``threshold`` of answering one of ``candidates[i]`` at random.
+
+    With every annotated object of the image as the candidates, this is a grounder that finds objects
+    but ignores the words; with the objects of the target's class, one that reads the class (colour and
+    shape) but not the relation ("left of", "large"). Exact expectation, no sampling; items without
+    candidates are left out (None when none has any).
+    """
+    if len(targets) != len(candidates):
+        raise ValueError(f"{len(targets)} targets, {len(candidates)} candidate lists")
+    kept = [i for i, c in enumerate(candidates) if c and targets[i]]
+    if not kept:
+        return None
+    expected = 0.0
+    for i in kept:
+        ious = box_iou(torch.tensor(candidates[i], dtype=torch.float64), torch.tensor(targets[i], dtype=torch.float64))
+        expected += (ious >= threshold).any(dim=1).double().mean().item()  # share of candidates that hit
+    return expected / len(kept)
+
+
+def paired_bootstrap_gap(
+    hits_a: dict[str, Sequence[int]],
+    hits_b: dict[str, Sequence[int]],
+    resamples: int = 2000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> dict[str, float]:
+    """The gap ``mean_split(acc_b) - mean_split(acc_a)`` with a percentile bootstrap interval.
+
+    ``hits_*`` map split -> per-item 0/1 of the same items in the same order (both systems answered the
+    same questions). Items are resampled within each split (stratified) and the same draw is used for
+    both systems (paired), so the interval reflects which items were asked, not only the systems.
+    """
+    if set(hits_a) != set(hits_b) or not hits_a:
+        raise ValueError(f"both systems need the same splits, got {sorted(hits_a)} and {sorted(hits_b)}")
+    generator = torch.Generator().manual_seed(seed)
+    gap = torch.zeros(resamples, dtype=torch.float64)
+    observed = 0.0
+    for split in sorted(hits_a):
+        a = torch.tensor(hits_a[split], dtype=torch.float64)
+        b = torch.tensor(hits_b[split], dtype=torch.float64)
+        if a.shape != b.shape or a.numel() == 0:
+            raise ValueError(f"{split}: {a.numel()} and {b.numel()} items; a paired gap needs the same items")
+        draw = torch.randint(0, a.numel(), (resamples, a.numel()), generator=generator)  # (R, N)
+        gap += (b[draw] - a[draw]).mean(dim=1)
+        observed += (b - a).mean().item()
+    gap /= len(hits_a)
+    tail = (1 - confidence) / 2
+    low, high = torch.quantile(gap, torch.tensor([tail, 1 - tail], dtype=torch.float64)).tolist()
+    return {"gap": observed / len(hits_a), "low": low, "high": high, "confidence": confidence, "resamples": resamples}
 
 
 def retrieval_recall(

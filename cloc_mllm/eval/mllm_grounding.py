@@ -2,7 +2,7 @@
 
 The answer is parsed by the tolerant :func:`~cloc_mllm.mllm.box_text.parse_boxes` (0-999, 0-1 or pixel
 numbers; several boxes are a ranking for Recall@k). Boxes in answers are relative to the *original*
-image (DESIGN §4), so they are scored against the annotation directly. An empty or unparseable answer
+image (docs/boxes.md), so they are scored against the annotation directly. An empty or unparseable answer
 is a miss, as in the published protocols; an unreadable image is counted and left out.
 """
 

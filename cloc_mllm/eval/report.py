@@ -276,10 +276,10 @@ def plot_gallery(
         ax.axis("off")
     for ax, (item, iou) in zip(axes.flat, chosen, strict=False):
         row = rows[item.key]
-        image = open_image(item.image_path)
+        w, h = row["image_size"]
+        image = open_image(item.image_path, (w, h))  # the frame the boxes were scored in
         if image is None:
             continue
-        w, h = row["image_size"]
         sx, sy = image.width / w, image.height / h  # annotation size -> this file's pixels
         gts = [(b[0] * sx, b[1] * sy, b[2] * sx, b[3] * sy) for b in item.boxes]
         preds = [

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 from PIL import Image
 
+from cloc_mllm.data.images import upright_rgb
 from cloc_mllm.mllm.box_text import parse_boxes
 from cloc_mllm.mllm.inference import generate_answers, load_mllm
 from cloc_mllm.visualize import draw_boxes
@@ -41,7 +42,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     model, processor = load_mllm(args.model, device=args.device)
     with Image.open(args.image) as image:
-        image = image.convert("RGB")
+        image = upright_rgb(image)  # boxes are answered and drawn on the photo as a person sees it
     regions = [args.region] if args.region else None
     answer = generate_answers(model, processor, [image], [args.prompt], args.max_new_tokens, 1, regions)[0]
     boxes = parse_boxes(answer, image_size=image.size)

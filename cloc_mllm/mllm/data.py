@@ -10,8 +10,9 @@ prompt is tokenised exactly as ``generate_answers`` tokenises it.
 from __future__ import annotations
 
 import json
+import logging
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -20,11 +21,15 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase, ProcessorMixin
 
+from cloc_mllm.data.images import upright_rgb
 from cloc_mllm.mllm.box_text import BOX_TEXT_SCALE
 from cloc_mllm.mllm.region_prompts import boxes_to_model_frame, region_boxes_tensor
 from cloc_mllm.mllm.templates import IMAGE_TOKEN, REGION_TOKEN, render_with_answer_spans, to_messages
 
+logger = logging.getLogger(__name__)
+
 IGNORE_INDEX = -100
+MAX_LOGGED_REFUSALS = 20  # all refused records are named in ``DataStats.refused``, these first ones logged
 _NUMBER_LIST = re.compile(r"\[[\s\d.,+-]*\d[\s\d.,+-]*\]")
 
 
@@ -49,9 +54,17 @@ class DataStats:
     refused_image_cut: int = 0  # truncation would have cut image tokens
     refused_no_answer: int = 0  # nothing left to learn after truncation
     skipped_bad: int = 0  # malformed or missing image (only with skip_bad_records)
+    refused: dict[str, str] = field(default_factory=dict)  # record id -> why it was not kept
 
-    def as_dict(self) -> dict[str, int]:
+    def as_dict(self) -> dict[str, int | dict[str, str]]:
         return asdict(self)
+
+    def refuse(self, name: str, outcome: str, reason: str) -> None:
+        """Count a record that is not kept under ``outcome`` and name it (logged for the first few)."""
+        setattr(self, outcome, getattr(self, outcome) + 1)
+        self.refused[name] = reason
+        if len(self.refused) <= MAX_LOGGED_REFUSALS:
+            logger.warning("record %s not used (%s): %s", name, outcome, reason)
 
 
 def check_box_text(text: str) -> None:
@@ -133,13 +146,21 @@ def with_image_placeholder(conversations: list[dict], has_image: bool) -> list[d
     return conversations
 
 
+def read_records(data_path: str | Path) -> object:
+    """The parsed json file; a file that is not json (e.g. cut short) is an error naming it."""
+    try:
+        return json.loads(Path(data_path).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{data_path}: not a json list of LLaVA records ({err})") from err
+
+
 class LazySupervisedDataset(Dataset):
     """LLaVA json records as training examples.
 
     Each item: ``input_ids`` (L,), ``labels`` (L,), ``pixel_values`` (3, H, W) or None for text-only.
     Bad records (missing image, malformed turns) raise ``RecordError`` naming the record, or are skipped
     and counted with ``skip_bad_records``. Box text that is not a Ferret box always raises. ``stats``
-    counts every outcome.
+    counts every outcome and names each record not kept, with the reason (``stats.refused``).
     """
 
     def __init__(
@@ -159,7 +180,7 @@ class LazySupervisedDataset(Dataset):
         self.records: list[dict] = []
         self.lengths: list[int] = []
         self.has_image: list[bool] = []
-        records = json.loads(Path(data_path).read_text())
+        records = read_records(data_path)
         if not isinstance(records, list):
             raise ValueError(f"{data_path}: expected a json list of LLaVA records")
         for index, record in enumerate(tqdm(records, desc=f"check {Path(data_path).name}", mininterval=5)):
@@ -171,16 +192,16 @@ class LazySupervisedDataset(Dataset):
         try:
             record = self._checked(record, check_boxes, name)
             encoded = self._encode(record)
-        except ImageCutError:
-            self.stats.refused_image_cut += 1
+        except ImageCutError as err:
+            self.stats.refuse(name, "refused_image_cut", str(err))
             return
-        except NoAnswerError:
-            self.stats.refused_no_answer += 1
+        except NoAnswerError as err:
+            self.stats.refuse(name, "refused_no_answer", str(err))
             return
-        except RecordError:
+        except RecordError as err:
             if not skip_bad:
                 raise
-            self.stats.skipped_bad += 1
+            self.stats.refuse(name, "skipped_bad", str(err.__cause__ or err))  # without "record NAME: "
             return
         self.stats.kept += 1
         self.stats.truncated += int(encoded.truncated)
@@ -264,7 +285,7 @@ class LazySupervisedDataset(Dataset):
         if "image" in record:
             try:
                 with Image.open(self._image_path(record)) as image:
-                    image = image.convert("RGB")
+                    image = upright_rgb(image)  # as evaluation and chat see it: boxes agree
             except OSError as err:
                 raise RecordError(
                     f"record {record['id']}: cannot read {self._image_path(record)}: {err}"

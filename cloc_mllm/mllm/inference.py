@@ -20,6 +20,7 @@ from transformers import (
 )
 
 import cloc_mllm.mllm.modeling_cloc_llava  # noqa: F401  (registers the cloc_llava type)
+from cloc_mllm.data.images import upright_rgb
 from cloc_mllm.mllm.region_prompts import boxes_to_model_frame, region_boxes_tensor
 from cloc_mllm.mllm.templates import render_prompt
 
@@ -74,7 +75,7 @@ def generate_answers(
         for start in tqdm(range(0, len(texts), batch_size), disable=not progress, desc="generate"):
             end = start + batch_size
             batch = processor(
-                images=[im.convert("RGB") for im in images[start:end]],
+                images=[upright_rgb(im) for im in images[start:end]],
                 text=texts[start:end],
                 padding=True,
                 add_special_tokens=False,

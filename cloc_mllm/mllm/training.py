@@ -301,7 +301,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, training_args: T
         skip_bad_records=data_args.skip_bad_records,
         check_boxes=data_args.check_box_text,
     )
-    logger.info("data: %s", dataset.stats.as_dict())
+    logger.info("data: %s", {k: v for k, v in dataset.stats.as_dict().items() if k != "refused"})
     trainer = LlavaTrainer(
         model=model,
         args=training_args,
@@ -311,8 +311,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, training_args: T
         projector_only=model_args.tune_mm_mlp_adapter,
         modality_lengths=dataset.modality_lengths if training_args.group_by_modality_length else None,
     )
-    resume = any(Path(training_args.output_dir).glob("checkpoint-*"))
-    result = trainer.train(resume_from_checkpoint=resume or None)
+    result = trainer.train(resume_from_checkpoint=last_complete_checkpoint(training_args.output_dir))
     trainer.save_model(training_args.output_dir)
     metrics = dict(result.metrics)
     metrics["train_tokens_per_second"] = trainer.state.num_input_tokens_seen / max(
@@ -354,6 +353,14 @@ def _write_json(path: Path, payload: dict) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(payload, indent=2))
     os.replace(tmp, path)
+
+
+def last_complete_checkpoint(output_dir: str | Path) -> str | None:
+    """The newest ``checkpoint-N`` the HF Trainer finished writing (it writes ``trainer_state.json``
+    last), so a job killed while saving resumes from the one before instead of a partial folder."""
+    complete = [c for c in Path(output_dir).glob("checkpoint-*") if (c / "trainer_state.json").is_file()]
+    complete = [c for c in complete if c.name.split("-")[-1].isdigit()]
+    return str(max(complete, key=lambda c: int(c.name.split("-")[-1]))) if complete else None
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -99,7 +99,8 @@ class PipelineConfig:
     finetune_lr: float = field(default=2e-4, metadata=_help("Stage-2 learning rate."))
     lora_r: int = field(default=0, metadata=_help("Stage 2 with LoRA of this rank on the LLM (0 = the whole LLM)."))
     deepspeed: str = field(
-        default="finetune/zero2.json", metadata=_help("DeepSpeed config of the finetuning; '' = plain python.")
+        default="zero2",
+        metadata=_help("DeepSpeed config of the finetuning: zero2 / zero3 / zero3_offload (shipped) or a json path; '' = plain python."),
     )
     num_ranks: int = field(default=2, metadata=_help("Finetuning processes (CPU ranks or GPUs)."))
     # evaluation

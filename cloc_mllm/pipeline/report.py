@@ -13,6 +13,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from cloc_mllm.eval.metrics import paired_bootstrap_gap  # noqa: E402
 from cloc_mllm.eval.report import save_figure, write_json  # noqa: E402
 
 SECTIONS = ("Claims", "Encoders", "MLLM grounding", "Training curves", "Setup")
@@ -23,6 +24,8 @@ RETRIEVAL_TOLERANCE = 0.03  # CLOC R@1 may trail CLIP's by at most this
 HEAD_MIN = 0.70  # CLOC grounding head Acc@0.5
 MLLM_MARGIN = 0.10  # LLaVA-CLOC's lead over LLaVA-CLIP in grounding Acc@0.5
 MLLM_MIN = 0.50  # LLaVA-CLOC's grounding Acc@0.5 (issue 28)
+# Reference answers beside the grounding figures (cloc_mllm.eval.benchmarks.score_benchmark)
+REFERENCE_KEYS = ("mean_box_acc@0.5", "random_object_acc@0.5", "random_same_class_acc@0.5")
 
 
 def _pct(fraction: float) -> str:
@@ -92,6 +95,19 @@ def build_claims(metrics: dict[str, dict]) -> list[Claim]:
     return claims
 
 
+def mllm_gap(metrics: dict[str, dict]) -> dict | None:
+    """LLaVA-CLOC minus LLaVA-CLIP Acc@0.5 (mean of the RefCOCO-format splits) with a paired bootstrap
+    interval over items; None when the per-item hits are not in both results."""
+    splits = refer_splits(metrics["llava_cloc"])
+    hits = {}
+    for name in ("llava_clip", "llava_cloc"):
+        grounding = metrics[name].get("grounding", {})
+        hits[name] = {s: grounding[s]["any"]["hits@0.5"] for s in splits if "hits@0.5" in grounding.get(s, {}).get("any", {})}
+    if not splits or any(set(h) != set(splits) for h in hits.values()):
+        return None
+    return paired_bootstrap_gap(hits["llava_clip"], hits["llava_cloc"])
+
+
 def _fmt(value) -> str:
     if value is None:
         return "—"
@@ -136,22 +152,36 @@ def plot_training(logs: dict[str, list[dict]], path: Path) -> None:
 
 
 def plot_mllm_splits(metrics: dict[str, dict], path: Path) -> None:
-    """Acc@0.5 per split: both LLaVAs and CLOC's grounding head as bars, the constant mean box as a tick."""
+    """Acc@0.5 per split: both LLaVAs and CLOC's grounding head as bars, the reference answers as ticks."""
     splits = list(metrics["llava_cloc"].get("grounding", {}))
     fig, ax = plt.subplots(figsize=(8, 3.6))
     bars = (("llava_clip", "LLaVA-CLIP", "#8c8c8c"), ("llava_cloc", "LLaVA-CLOC", "#d95f02"), ("cloc", "CLOC grounding head", "#1b9e77"))
     for offset, (name, label, colour) in zip((-0.27, 0.0, 0.27), bars):
         values = [100 * (_get(metrics[name], "grounding", s, "any", "acc@0.5") or 0) for s in splits]
         ax.bar([i + offset for i in range(len(splits))], values, 0.27, label=label, color=colour)
-    reference = [100 * (_get(metrics["llava_cloc"], "grounding", s, "reference", "mean_box_acc@0.5") or 0) for s in splits]
-    ax.hlines(reference, [i - 0.42 for i in range(len(splits))], [i + 0.42 for i in range(len(splits))],
-              colors="black", linestyles="--", label="constant mean box")
+    ticks = zip(REFERENCE_KEYS, ("constant mean box", "random object", "random object of the class"), ("--", ":", "-."))
+    for key, label, style in ticks:
+        values = [_get(metrics["llava_cloc"], "grounding", s, "reference", key) for s in splits]
+        shown = [i for i, v in enumerate(values) if v is not None]
+        if shown:
+            ax.hlines([100 * values[i] for i in shown], [i - 0.42 for i in shown], [i + 0.42 for i in shown],
+                      colors="black", linestyles=style, label=label)
     ax.set_xticks(range(len(splits)), splits, rotation=20, fontsize=7)
     ax.set_ylabel("Acc@0.5 (%)")
     ax.set_ylim(0, 100)
     ax.legend(fontsize=7)
     ax.set_title("Grounding per split")
     save_figure(fig, path)
+
+
+def gap_sentence(gap: dict | None) -> str:
+    if gap is None:
+        return "LLaVA-CLOC minus LLaVA-CLIP: no per-item results to resample."
+    return (
+        f"LLaVA-CLOC minus LLaVA-CLIP, mean Acc@0.5 of the RefCOCO-format splits: {100 * gap['gap']:+.1f} points, "
+        f"{100 * gap['confidence']:g}% bootstrap interval [{100 * gap['low']:+.1f}, {100 * gap['high']:+.1f}] "
+        f"({gap['resamples']} paired resamples of the items within each split; one seed)."
+    )
 
 
 def describe_llm(llm_source: dict) -> str:
@@ -167,12 +197,13 @@ def write_report(
 ) -> dict:
     """Write report.json, report.md and the plots; return the report dict."""
     claims = build_claims(metrics)
+    gap = mllm_gap(metrics)
     plot_claims(claims, out_dir / "claims.png")
     plot_training(logs, out_dir / "training_curves.png")
     plot_mllm_splits(metrics, out_dir / "mllm_grounding.png")
     report = {
         "config": config, "llm_name_or_path": llm_source["source"], "llm": llm_source,
-        "region_head": config["region_head"], "claims": [asdict(c) for c in claims], "metrics": metrics,
+        "region_head": config["region_head"], "claims": [asdict(c) for c in claims], "mllm_gap": gap, "metrics": metrics,
         "timings_s": timings,
     }
     write_json(out_dir / "report.json", report)
@@ -190,7 +221,7 @@ def write_report(
     mllm_columns = ["llava_clip", "llava_cloc", "cloc"]
     mllm_rows = [
         [s] + [_get(metrics[name], "grounding", s, "any", "acc@0.5") for name in mllm_columns]
-        + [_get(metrics["llava_cloc"], "grounding", s, "reference", "mean_box_acc@0.5")]
+        + [_get(metrics["llava_cloc"], "grounding", s, "reference", key) for key in REFERENCE_KEYS]
         for s in splits
     ]
     refer_rows = [
@@ -225,10 +256,15 @@ def write_report(
         "Acc@0.5 per split: LLaVA on each exported tower, LLaVA-1.5's two stages (projector, then projector + "
         f"LLM) with the same pretrained LLM, data, steps and seed, and CLOC's own grounding head. LLM: {describe_llm(llm_source)}.",
         "",
-        "Reference: one constant answer, the mean target box of the split (the data's box prior, blind to "
-        "image and question).",
+        "References: one constant answer, the mean target box of the split (the data's box prior, blind to "
+        "image and question); a random annotated object of the image (finds objects, ignores the words); a "
+        "random object of the named class (reads colour and shape, ignores the relation). The last two are "
+        "exact expectations.",
         "",
-        _table(["split", "LLaVA-CLIP", "LLaVA-CLOC", "CLOC grounding head", "constant mean box"], mllm_rows),
+        _table(["split", "LLaVA-CLIP", "LLaVA-CLOC", "CLOC grounding head", "constant mean box", "random object",
+                "random object of the class"], mllm_rows),
+        "",
+        gap_sentence(gap),
         "",
         "Centre error of the answered box (% of the image side, lower is better) against the blind guess "
         "(the test boxes' mean centre): an MLLM near the blind figure is not looking at the image.",

@@ -6,10 +6,10 @@ world → (VESL) → pretrain CLIP and CLOC → export towers → finetune a LLa
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -18,13 +18,17 @@ from pathlib import Path
 
 import torch
 
+import cloc_mllm
+from cloc_mllm.mllm.zero_configs import zero_config
 from cloc_mllm.training.distributed import free_port, release_deepspeed_shm
 
 from .config import PipelineConfig
 
 logger = logging.getLogger(__name__)
-REPO_ROOT = Path(__file__).resolve().parents[2]
 ENCODERS = ("clip", "cloc")
+FINETUNE_MODULE = "cloc_mllm.mllm.finetune"
+# Where the imported cloc_mllm lives (a checkout or site-packages): children import the same copy.
+PACKAGE_PARENT = Path(cloc_mllm.__file__).resolve().parents[1]
 
 
 def run_stage(directory: Path, name: str, fn: Callable[[], object]) -> float | None:
@@ -67,17 +71,18 @@ def make_world(config: PipelineConfig, world_dir: Path) -> None:
 
 
 def script_env(**extra: str) -> dict[str, str]:
-    """The environment of a repository script run as a child process: this checkout first on the
-    module path, so the script (and every rank it launches) runs the ``cloc_mllm`` the main job
-    imported, not another installed copy, and a checkout that was never pip-installed still works."""
-    path = os.pathsep.join(filter(None, (str(REPO_ROOT), os.environ.get("PYTHONPATH"))))
+    """The environment of a library entry point run as a child process (``python -m cloc_mllm...``):
+    the imported package's parent first on the module path, so the child (and every rank it launches)
+    runs the ``cloc_mllm`` the main job imported, from a checkout never pip-installed or an installed
+    copy alike, whatever the working directory."""
+    path = os.pathsep.join(filter(None, (str(PACKAGE_PARENT), os.environ.get("PYTHONPATH"))))
     return {**os.environ, "PYTHONPATH": path, **extra}
 
 
 def pseudo_label(config: PipelineConfig, world_dir: Path, out_dir: Path) -> None:
     """VESL over the train shards: source captions kept, OWLv2 boxes for the extracted phrases."""
     command = [
-        sys.executable, str(REPO_ROOT / "scripts" / "vesl.py"),
+        sys.executable, "-m", "cloc_mllm.vesl.cli",
         "--input", str(world_dir / "shards" / "train"),
         "--output", str(out_dir),
         "--detector", config.vesl_detector,
@@ -177,7 +182,6 @@ def finetune(
     steps, lr = (config.align_steps, config.align_lr) if projector_only else (config.finetune_steps, config.finetune_lr)
     per_rank = max(1, config.finetune_batch_size // config.num_ranks)
     args = [
-        str(REPO_ROOT / "finetune" / "train.py"),
         "--model_name_or_path", str(llm), "--vision_tower", str(tower),
         "--data_path", str(data), "--image_folder", str(image_root), "--output_dir", str(out_dir),
         "--mm_projector_type", "mlp2x_gelu", "--mm_vision_select_layer", str(config.vision_select_layer),
@@ -198,16 +202,16 @@ def finetune(
         args += ["--use_cpu", "True"]  # CPU ranks talk over gloo
     port = None
     if config.deepspeed:
-        launcher = shutil.which("deepspeed")
-        if launcher is None:
-            raise RuntimeError("--deepspeed is set but the `deepspeed` launcher is not installed (pip install deepspeed)")
+        if importlib.util.find_spec("deepspeed") is None:
+            raise RuntimeError("--deepspeed is set but DeepSpeed is not installed (pip install deepspeed)")
         port = free_port()
+        # DeepSpeed's launcher run by this interpreter starts its ranks with this interpreter too
         command = [
-            launcher, "--num_gpus", str(config.num_ranks), "--master_port", str(port),
-            *args, "--deepspeed", str(REPO_ROOT / config.deepspeed),
+            sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(config.num_ranks),
+            "--master_port", str(port), "--module", FINETUNE_MODULE, *args, "--deepspeed", str(zero_config(config.deepspeed)),
         ]
     else:
-        command = [sys.executable, *args]
+        command = [sys.executable, "-m", FINETUNE_MODULE, *args]
     try:
         subprocess.run(command, check=True, env=script_env(TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1"))
     finally:  # the ranks free their own segments on success; this covers a crashed rank

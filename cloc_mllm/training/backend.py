@@ -20,7 +20,14 @@ from torch.nn.parallel import DistributedDataParallel
 
 from .config import PretrainConfig
 from .distributed import DistContext
-from .optim import TEMPERATURE_NAMES, build_optimizer, build_scheduler, clamp_temperatures, param_groups
+from .optim import (
+    TEMPERATURE_NAMES,
+    adamw_kernel,
+    build_optimizer,
+    build_scheduler,
+    clamp_temperatures,
+    param_groups,
+)
 
 DEEPSPEED_DIR = "deepspeed"
 DEEPSPEED_TAG = "state"
@@ -127,7 +134,11 @@ class DeepSpeedBackend:
         from deepspeed.runtime.engine import DeepSpeedEngine
 
         self.model, self.config = model, config
+        groups = param_groups(model, config.weight_decay)
         ds_config = deepspeed_config(config.deepspeed, config, ctx.world_size)
+        ds_config["optimizer"]["params"].update(
+            adamw_kernel([p for group in groups for p in group["params"]])
+        )
         # DeepSpeed (0.19) broadcasts rank 0's weights through a uint8 view, which fails on 0-d
         # tensors such as the temperatures; broadcast them ourselves and skip its broadcast.
         for param in model.parameters():
@@ -135,7 +146,7 @@ class DeepSpeedBackend:
         with mock.patch.object(DeepSpeedEngine, "_broadcast_model", lambda engine: None):
             self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
                 model=model,
-                model_parameters=param_groups(model, config.weight_decay),
+                model_parameters=groups,
                 config=ds_config,
                 lr_scheduler=lambda optimizer: build_scheduler(optimizer, config),
             )

@@ -87,7 +87,10 @@ def save_checkpoint(
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     barrier()
-    write(tmp)
+    try:
+        write(tmp)
+    except Exception as exc:  # a full disk surfaces as OSError, RuntimeError (torch) or SafetensorError
+        raise checkpoint_write_error(final, tmp, exc) from exc
     barrier()
     if is_main:
         if final.exists():  # re-saving a step (e.g. a resumed run's last step): replace it whole
@@ -96,6 +99,24 @@ def save_checkpoint(
         prune_checkpoints(final.parent.parent, keep_last)
     barrier()
     return final
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (often: the disk is full); the earlier ones are untouched."""
+
+
+def checkpoint_write_error(final: Path, tmp: Path, exc: Exception) -> CheckpointWriteError:
+    """Remove the half-written temp dir (returning its space) and say what is still there."""
+    shutil.rmtree(tmp, ignore_errors=True)
+    found = list_checkpoints(final.parent.parent)
+    kept = (
+        f"the latest complete checkpoint is still {found[-1]}" if found else "no checkpoint was written yet"
+    )
+    free = shutil.disk_usage(final.parent).free / 2**20
+    return CheckpointWriteError(
+        f"{final}: checkpoint not written ({type(exc).__name__}: {exc}); {free:.1f} MiB free on its disk. "
+        f"Nothing earlier was lost: {kept}. Free space, then resume with --resume auto"
+    )
 
 
 def prune_checkpoints(output_dir: str | os.PathLike, keep_last: int) -> list[Path]:

@@ -71,7 +71,13 @@ class PretrainConfig:
     gradient_checkpointing: bool = field(default=False, metadata=_help("Recompute activations."))
     # ---- data ----
     train_shards: str = field(default="", metadata=_help("WebDataset urls: 'dir/{000000..000009}.tar'."))
-    tokenizer: str = field(default="", metadata=_help("HF tokenizer dir or id."))
+    tokenizer: str = field(
+        default="",
+        metadata=_help(
+            "HF tokenizer dir or id ('' = the init_from_clip checkpoint's, a world's tokenizer/ beside the "
+            "shards, the CLIP preset's, or one trained on the shards' texts into OUTPUT/tokenizer)."
+        ),
+    )
     max_regions: int = field(default=4, metadata=_help("Regions sampled per image (M)."))
     max_text_length: int = field(default=77, metadata=_help("Caption tokens (capped by the text tower)."))
     region_max_text_length: int = field(default=32, metadata=_help("Region phrase tokens."))
@@ -80,9 +86,15 @@ class PretrainConfig:
     resample: bool = field(default=False, metadata=_help("Draw shards with replacement (no epochs)."))
     num_streams: int = field(
         default=0,
-        metadata=_help("Independent data streams (0 = ranks x workers at the first launch); fixed per run."),
+        metadata=_help(
+            "Independent data streams (0 = ranks x workers at the first launch, cut to the shards and "
+            "to a divisor of the batch); fixed per run."
+        ),
     )
-    num_workers: int = field(default=2, metadata=_help("DataLoader worker processes per rank."))
+    num_workers: int = field(
+        default=2,
+        metadata=_help("DataLoader worker processes per rank (cut to its streams, with a warning)."),
+    )
     # ---- optimisation ----
     global_batch_size: int = field(default=32, metadata=_help("Images per optimiser step, all ranks."))
     grad_accum_steps: int = field(default=1, metadata=_help("Micro-batches per optimiser step."))
@@ -122,7 +134,7 @@ class PretrainConfig:
 
     def validate(self) -> PretrainConfig:
         """Raise a ValueError naming the field for anything a run cannot start with."""
-        for name in ("train_shards", "tokenizer", "output_dir"):
+        for name in ("train_shards", "output_dir"):
             if not getattr(self, name):
                 raise ValueError(f"PretrainConfig.{name} is required")
         for name, allowed in CHOICES.items():

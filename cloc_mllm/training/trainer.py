@@ -30,6 +30,7 @@ from . import checkpoint as ckpt
 from .backend import build_backend
 from .config import PretrainConfig
 from .data import MicroBatches, StreamDataset, rank_streams
+from .defaults import choose_streams, choose_tokenizer
 from .distributed import DistContext, all_reduce_sum, autocast_dtype, init_distributed, shutdown, sum_counters
 from .evaluation import PeriodicEval
 from .model import build_model, freeze_unused_parameters, load_model_weights
@@ -77,6 +78,29 @@ def resolve_num_streams(config: PretrainConfig, world_size: int, num_urls: int) 
     return streams
 
 
+def resolve_defaults(
+    config: PretrainConfig, ctx: DistContext, urls: list[str], resumed_tokenizer: str = ""
+) -> PretrainConfig:
+    """The tokenizer, streams and workers filled in or fitted (``defaults``), checked, and logged in
+    one line; each reduction of what was asked for is also a warning."""
+    config, notes = choose_streams(config, ctx.world_size, len(urls))
+    for note in notes:
+        logger.warning("%s (set --num-streams/--num-workers to choose)", note)
+    config, source = choose_tokenizer(config, urls, ctx.is_main, ctx.barrier, resumed_tokenizer)
+    config = dataclasses.replace(config, num_streams=resolve_num_streams(config, ctx.world_size, len(urls)))
+    if ctx.is_main:
+        logger.info(
+            "data: %d shard(s), %d rank(s): num_streams=%d, num_workers=%d per rank; tokenizer %s (%s)",
+            len(urls),
+            ctx.world_size,
+            config.num_streams,
+            config.num_workers,
+            config.tokenizer,
+            source,
+        )
+    return config
+
+
 class Trainer:
     def __init__(self, config: PretrainConfig, ctx: DistContext):
         self.ctx = ctx
@@ -87,9 +111,7 @@ class Trainer:
         saved = ckpt_config(self.resume_from) if self.resume_from else None
         if saved is not None and config.num_streams == 0:
             config = dataclasses.replace(config, num_streams=saved.num_streams)
-        config = dataclasses.replace(
-            config, num_streams=resolve_num_streams(config, ctx.world_size, len(urls))
-        )
+        config = resolve_defaults(config, ctx, urls, saved.tokenizer if saved is not None else "")
         if saved is not None:
             check_config_change(config, saved, self.resume_from)
         self.config, self.out = config, Path(config.output_dir)

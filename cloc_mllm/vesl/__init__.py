@@ -1,7 +1,8 @@
 """VESL: visually-enriched, scalable labelling of region-text pseudo labels (CLOC paper, Sec. 4).
 
 caption (optional re-captioning) -> noun phrases -> OWLv2 open-vocabulary detection -> WebDataset shards
-in the DESIGN §4 format, on one machine (:func:`run_local`) or a Ray cluster (``vesl.ray_runner``).
+in the pretraining format (docs/data_formats.md), on one machine (:func:`run_local`) or a Ray
+cluster (``vesl.ray_runner``).
 """
 
 from .captioner import HFCaptioner, compose_caption

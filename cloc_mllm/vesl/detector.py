@@ -42,7 +42,8 @@ class Region:
     score: float
 
     def to_json(self) -> dict:
-        """DESIGN §4 region record; rounded so re-runs on other hardware write the same bytes."""
+        """The shard json's region record (docs/data_formats.md); rounded so re-runs on other
+        hardware write the same bytes."""
         return {"box": [round(v, 2) for v in self.box], "phrase": self.phrase, "score": round(self.score, 4)}
 
 

@@ -21,6 +21,8 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from cloc_mllm.data.images import has_rotation, upright_rgb
+
 from .captioner import CAPTION_MODES, CaptionFn, HFCaptioner, compose_caption
 from .detector import OwlPredictor, Region, RegionDetector
 from .manifest import ShardStats
@@ -31,6 +33,7 @@ from .writer import (
     ShardWriter,
     is_finished,
     read_json,
+    remove_stale_temp,
     sample_json,
     shard_paths,
     write_json_atomic,
@@ -132,14 +135,15 @@ def build_stages(config: VeslConfig, device: str | None = None) -> Stages:
 
 
 def decode(record: SourceRecord) -> tuple[Image.Image, bytes] | None:
-    """(RGB image, JPEG bytes to store) or None when undecodable. JPEG input is stored byte for byte."""
+    """(RGB image, JPEG bytes to store) or None when undecodable. JPEG input is stored byte for byte
+    unless its EXIF tag turns it: boxes are found on the upright image, so that is what is stored."""
     try:
         image = Image.open(io.BytesIO(record.data))
         image.load()
     except (OSError, ValueError, Image.DecompressionBombError, SyntaxError):
         return None
-    rgb = image.convert("RGB")
-    if image.format == "JPEG":
+    rgb = upright_rgb(image)
+    if image.format == "JPEG" and not has_rotation(image):
         return rgb, record.data
     buffer = io.BytesIO()
     rgb.save(buffer, format="JPEG", quality=95)
@@ -206,11 +210,14 @@ def label_shard(unit: WorkUnit, config: VeslConfig, stages: Stages) -> ShardStat
 
 
 def pending_units(config: VeslConfig) -> tuple[list[WorkUnit], list[WorkUnit]]:
-    """(all units, units still to do). Finished shards must come from the same input, else error."""
+    """(all units, units still to do). Finished shards must come from the same input, else error;
+    the temp files a killed run left for the units to do are removed (one run per output dir)."""
     units = plan_units(config.input, config.shard_size, config.image_root)
     todo = []
     for unit in units:
         if not is_finished(config.output, unit.name):
+            for path in remove_stale_temp(config.output, unit.name):
+                logger.info("removed %s, left by an interrupted run", path)
             todo.append(unit)
             continue
         made_from = read_json(shard_paths(config.output, unit.name)[1])["input"]

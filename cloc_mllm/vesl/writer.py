@@ -2,7 +2,8 @@
 
 A shard is written to ``NAME.tar.tmp-PID`` and renamed when closed; its manifest follows the same way.
 A shard counts as finished when both ``NAME.tar`` and ``NAME.manifest.json`` exist, so a crash at any
-point leaves either nothing or a finished shard, and a re-run redoes exactly the unfinished ones.
+point leaves either nothing or a finished shard, and a re-run redoes exactly the unfinished ones
+(removing the temp files a killed process left). A failed write (a full disk) removes its temp file.
 Tar members carry fixed metadata (mtime 0), so the same labels always give the same bytes.
 """
 
@@ -41,7 +42,7 @@ def write_json_atomic(path: str | Path, data: dict) -> None:
 
 
 def sample_json(caption: str, width: int, height: int, regions: list[dict], source: str) -> bytes:
-    """The ``KEY.json`` member, exactly the DESIGN §4 fields in that order."""
+    """The ``KEY.json`` member, the pretraining record's fields in that order (docs/data_formats.md)."""
     record = {"caption": caption, "width": width, "height": height, "regions": regions, "source": source}
     return json.dumps(record, ensure_ascii=False).encode("utf-8")
 
@@ -75,8 +76,22 @@ class ShardWriter:
         self.writer.write({"__key__": key, "jpg": jpeg, "json": meta})
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        self.writer.close()
+        try:
+            self.writer.close()  # flushes: on a full disk this is where the write fails
+        except BaseException:
+            self.tmp.unlink(missing_ok=True)
+            raise
         if exc_type is None:
             os.replace(self.tmp, self.path)
         else:
             self.tmp.unlink(missing_ok=True)
+
+
+def remove_stale_temp(out_dir: str | Path, name: str) -> list[Path]:
+    """Delete the temp files of shard ``name`` left by a killed process (another pid's, so no
+    writer of this run cleans them) before the shard is redone; returns what was removed."""
+    out = Path(out_dir)
+    stale = [*out.glob(f"{name}.tar.tmp-*"), *out.glob(f".{name}{MANIFEST_SUFFIX}.tmp-*")]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
