@@ -223,10 +223,10 @@ class CLOCModel(CLOCPreTrainedModel):
         region_attention_mask: Tensor | None = None,
         region_mask: Tensor | None = None,
         return_loss: bool = False,
-        **kwargs,
     ) -> CLOCOutput:
         """Image/text embeddings and, in ``loss_mode="cloc"`` with regions given, region embeddings
-        and grounded boxes for the valid regions.
+        and grounded boxes for the valid regions. The arguments are the collator's batch keys exactly
+        (``CLOCCollator``): a misspelt key is a TypeError naming it, never a CLOC run trained as CLIP.
 
         region_boxes (B, M, 4) normalised xyxy in the model frame; region_input_ids / attention_mask
         (B, M, Lr); region_mask (B, M) bool marks real regions (padding is False).

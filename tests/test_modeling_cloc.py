@@ -257,3 +257,12 @@ def test_deduplicated_phrases_give_the_plain_loss_and_gradients(tiny_config):
     assert grads.keys() == plain_grads.keys()
     for name, grad in grads.items():
         assert torch.allclose(grad, plain_grads[name], atol=1e-6, rtol=1e-4), name
+
+
+def test_a_misspelt_batch_key_is_refused_by_name(tiny_config):
+    from cloc_mllm import CLOCModel
+
+    batch = random_batch(tiny_config)
+    batch["region_boxs"] = batch.pop("region_boxes")  # would silently drop the region loss if swallowed
+    with pytest.raises(TypeError, match="region_boxs"):
+        CLOCModel(tiny_config)(**batch, return_loss=True)

@@ -155,7 +155,7 @@ def installed_copy(venv: Path) -> Path:
     dependencies are the machine's. Returns the venv's python."""
     subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
     python = venv / "bin" / "python"
-    install = [str(python), "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation", str(REPO)]
+    install = [str(python), "-m", "pip", "install", "--quiet", "--no-deps", str(REPO)]
     subprocess.run(install, check=True, capture_output=True, timeout=600)
     return python
 
