@@ -298,14 +298,27 @@ def zero_shot_classification(
 def grounding_head_rows(
     model, tokenizer, items: Sequence[GroundingItem], transform: ImageTransform
 ) -> list[dict]:
-    """The CLOC grounding head's box per item, mapped back to normalised xyxy on the original image."""
+    """The CLOC grounding head's box per item, mapped back to normalised xyxy on the original image.
+
+    Items on the same image (every expression of a RefCOCO image) share one vision encode; only the
+    Prompter's text-to-box pass runs per item.
+    """
     device = model_device(model)
     rows = [{"status": "missing_image", "boxes": [], "image_size": [it.width, it.height]} for it in items]
-    for idx, pixels, outs, sizes in image_batches(items, transform, len(items)):
-        text = tokenize(tokenizer, [items[i].text for i in idx], model, device)
-        pred = model.ground(pixels.to(device, model.dtype), **text).float().cpu()  # (b, 4) model frame
-        for i, box, out, size in zip(idx, pred, outs, sizes, strict=True):
-            rows[i] = {"status": "ok", "boxes": [out.frame.to_original(box).tolist()], "image_size": size}
+    by_image: dict[tuple, list[int]] = {}
+    for i, item in enumerate(items):
+        by_image.setdefault((item.image_path, item.width, item.height), []).append(i)
+    groups = [ImageRef(*key) for key in by_image]
+    members = list(by_image.values())
+    for idx, pixels, outs, sizes in image_batches(groups, transform, len(groups)):
+        tokens = model.get_vision_tokens(pixels.to(device, model.dtype))  # (images, N, D)
+        asked = [(i, row) for row, g in enumerate(idx) for i in members[g]]  # (item, image row)
+        text = tokenize(tokenizer, [items[i].text for i, _ in asked], model, device)
+        text_embeds = model.get_text_features(**text)  # (items, D)
+        image_rows = torch.tensor([row for _, row in asked], device=tokens.device)
+        pred = model.ground(vision_tokens=tokens[image_rows], text_embeds=text_embeds).float().cpu()  # (items, 4)
+        for (i, row), box in zip(asked, pred, strict=True):
+            rows[i] = {"status": "ok", "boxes": [outs[row].frame.to_original(box).tolist()], "image_size": sizes[row]}
     return rows
 
 
