@@ -1,5 +1,6 @@
 import json
 import os
+import shutil
 import subprocess
 import sys
 from dataclasses import asdict
@@ -155,7 +156,10 @@ def installed_copy(venv: Path) -> Path:
     dependencies are the machine's. Returns the venv's python."""
     subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
     python = venv / "bin" / "python"
-    install = [str(python), "-m", "pip", "install", "--quiet", "--no-deps", str(REPO)]
+    # from a clean copy of the sources: a build/ left in the checkout could carry stale modules
+    source = venv.parent / "source"
+    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(".git", "build", "runs", "*.egg-info", "__pycache__"))
+    install = [str(python), "-m", "pip", "install", "--quiet", "--no-deps", str(source)]
     subprocess.run(install, check=True, capture_output=True, timeout=600)
     return python
 

@@ -20,7 +20,7 @@ from typing import Protocol
 
 import webdataset as wds
 
-from cloc_mllm.atomic_io import write_bytes_atomic
+from cloc_mllm.atomic_io import atomic_path, write_bytes_atomic
 
 from .synthetic_scene import Category, Scene
 from .synthetic_text import Mention, Segment
@@ -69,14 +69,11 @@ def write_json_atomic(path: Path, obj: object) -> None:
 
 def place_image(src: Path, dst: Path) -> None:
     """Put the already written JPEG at ``dst`` too: a hard link where the filesystem allows, else a copy."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(f".{dst.name}.tmp")
-    tmp.unlink(missing_ok=True)
-    try:
-        os.link(src, tmp)
-    except OSError:
-        shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
+    with atomic_path(dst) as tmp:
+        try:
+            os.link(src, tmp)
+        except OSError:
+            shutil.copyfile(src, tmp)
 
 
 class ImageFolderWriter:

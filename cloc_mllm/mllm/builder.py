@@ -29,6 +29,7 @@ from transformers import (
 )
 from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
 
+from cloc_mllm.atomic_io import write_text_atomic
 from cloc_mllm.mllm.llm_source import load_language_model, load_tokenizer
 from cloc_mllm.mllm.projector import (
     MLPProjector,
@@ -65,10 +66,7 @@ class LlavaBuildArgs:
     )
 
     def save(self, out_dir: str | Path) -> None:
-        path = Path(out_dir) / BUILD_ARGS_FILE
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(dataclasses.asdict(self), indent=2))
-        tmp.replace(path)
+        write_text_atomic(Path(out_dir) / BUILD_ARGS_FILE, json.dumps(dataclasses.asdict(self), indent=2))
 
     @classmethod
     def load(cls, out_dir: str | Path) -> LlavaBuildArgs:

@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-from cloc_mllm.mllm.atomic import atomic_output_dir
+from cloc_mllm.atomic_io import atomic_output_dir
 from cloc_mllm.mllm.builder import LlavaBuildArgs, assemble_llava, load_vision_tower
 from cloc_mllm.mllm.projector import projector_depth
 

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from cloc_mllm.atomic_io import write_text_atomic
 from cloc_mllm.data.flickr30k import FlickrPhrase, load_flickr30k_entities
 from cloc_mllm.data.refer import RefRecord, load_refer
 from cloc_mllm.mllm.box_text import format_box, format_box_numbers
@@ -159,11 +160,7 @@ def facts_to_conversations(
 
 def write_records(records: list[dict], out_path: str | Path) -> None:
     """The json list, written atomically."""
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(records))
-    os.replace(tmp, out_path)
+    write_text_atomic(out_path, json.dumps(records))
 
 
 def main(argv: Sequence[str] | None = None) -> None:

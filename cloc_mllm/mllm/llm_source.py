@@ -30,7 +30,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from cloc_mllm.mllm.atomic import atomic_output_dir
+from cloc_mllm.atomic_io import atomic_output_dir
 
 logger = logging.getLogger(__name__)
 WHEEL_PREFIX = "wheel:"

@@ -15,7 +15,7 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
 from transformers import AutoProcessor, BitsAndBytesConfig, LlavaForConditionalGeneration, ProcessorMixin
 
-from cloc_mllm.mllm.atomic import atomic_output_dir
+from cloc_mllm.atomic_io import atomic_output_dir
 from cloc_mllm.mllm.builder import LlavaBuildArgs, build_llava
 
 PROJECTOR = "multi_modal_projector"

@@ -25,6 +25,7 @@ from transformers.integrations.deepspeed import (
     unset_hf_deepspeed_config,
 )
 
+from cloc_mllm.atomic_io import atomic_path, write_text_atomic
 from cloc_mllm.mllm.builder import LlavaBuildArgs, build_llava
 from cloc_mllm.mllm.data import LazySupervisedDataset, SupervisedCollator
 from cloc_mllm.mllm.lora import PROJECTOR, apply_lora, quantization_config
@@ -163,9 +164,8 @@ def save_projector(state_dict: dict[str, torch.Tensor], out_dir: str | Path) -> 
     if not state:
         raise RuntimeError("no projector weights in the state dict")
     path = Path(out_dir) / PROJECTOR_FILE
-    tmp = path.with_suffix(".tmp")
-    save_file(state, str(tmp), metadata={"format": "pt"})
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata={"format": "pt"})
     return path
 
 
@@ -350,9 +350,7 @@ def _whole_model_loading(training_args: TrainingArguments) -> Iterator[None]:
 
 
 def _write_json(path: Path, payload: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(payload, indent=2))
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(payload, indent=2))
 
 
 def last_complete_checkpoint(output_dir: str | Path) -> str | None:

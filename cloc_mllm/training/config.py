@@ -19,6 +19,8 @@ from typing import Any
 
 import yaml
 
+from cloc_mllm.atomic_io import write_text_atomic
+
 CHOICES = {
     "loss": ("cloc", "clip"),
     "region_head": ("prompter", "roialign"),
@@ -166,9 +168,7 @@ class PretrainConfig:
     def save(self, path: str | os.PathLike) -> None:
         """Write as YAML atomically (the run's record of what it was asked to do)."""
         path = Path(path)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
-        os.replace(tmp, path)
+        write_text_atomic(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], source: str = "config") -> PretrainConfig:

@@ -16,9 +16,9 @@ from collections.abc import Callable, Iterator, Sequence
 from itertools import islice
 from pathlib import Path
 
+from ..atomic_io import atomic_output_dir
 from ..data.shards import raw_records
 from ..data.tokenizer import train_world_tokenizer
-from ..mllm.atomic import atomic_output_dir
 from .config import PretrainConfig
 
 logger = logging.getLogger(__name__)

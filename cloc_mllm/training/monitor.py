@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
 from tqdm import tqdm
+
+from cloc_mllm.atomic_io import atomic_path, write_text_atomic
 
 LOG_FILE = "train_log.jsonl"
 DEFAULT_PLOTS = ("train/loss_clip", "train/loss_region", "train/loss_ground", "eval/region_mAcc")
@@ -20,9 +21,7 @@ def truncate_log(path: Path, last_step: int) -> None:
     if not path.is_file():
         return
     kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= last_step]
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(f"{line}\n" for line in kept))
-    os.replace(tmp, path)
+    write_text_atomic(path, "".join(f"{line}\n" for line in kept))
 
 
 class RunMonitor:
@@ -92,8 +91,7 @@ def plot_runs(
     axes[0][0].legend()
     fig.tight_layout()
     out_png = Path(out_png)
-    tmp = out_png.with_name(f".{out_png.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
+    with atomic_path(out_png) as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
-    os.replace(tmp, out_png)
     return out_png

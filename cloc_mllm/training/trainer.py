@@ -13,7 +13,6 @@ import dataclasses
 import logging
 import os
 import random
-import shutil
 import time
 from collections import Counter
 from pathlib import Path
@@ -21,6 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import Tensor
+
+from cloc_mllm.atomic_io import atomic_output_dir
 
 from ..data.collate import CLOCCollator
 from ..data.shards import expand_urls
@@ -362,9 +363,5 @@ def seed_everything(seed: int, deterministic: bool) -> None:
 
 def export_vision_tower(model, directory: Path) -> None:
     """The drop-in ``CLIPVisionModel`` dir, written aside and renamed into place."""
-    tmp = directory.with_name(f".tmp-{directory.name}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.export_vision_tower(tmp)
-    if directory.exists():
-        shutil.rmtree(directory)
-    tmp.rename(directory)
+    with atomic_output_dir(directory) as tmp:
+        model.export_vision_tower(tmp)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
+from cloc_mllm.atomic_io import atomic_path
 from cloc_mllm.visualize import draw_boxes, image_grid
 
 from .writer import iter_output
@@ -61,8 +62,6 @@ def render_preview(
     if not tiles:
         raise ValueError(f"{output_dir}: no finished VESL shards to preview")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp.png")
-    image_grid(tiles, columns=min(columns, len(tiles))).save(tmp)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        image_grid(tiles, columns=min(columns, len(tiles))).save(tmp)
     return path
