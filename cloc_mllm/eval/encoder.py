@@ -139,23 +139,25 @@ def region_features(
     return out
 
 
+def image_groups(records: Sequence) -> tuple[list[ImageRef], list[list[int]]]:
+    """The distinct images of ``records`` (path and annotated size) and, per image, the indices of its
+    records, in first-seen order: what lets every record of an image share one vision encode."""
+    members: dict[tuple[str, int, int], list[int]] = {}
+    for i, record in enumerate(records):
+        members.setdefault((record.image_path, record.width, record.height), []).append(i)
+    return [ImageRef(*key) for key in members], list(members.values())
+
+
 def region_features_per_record(
     model, records: Sequence, transform: ImageTransform, batch_size: int, head: str | None
 ) -> list[Tensor | None]:
     """(D,) region embedding of each record's ``box`` (pixel xyxy on its ``image_path``), or None when
     its image is unreadable; records on the same image share one vision encode."""
-    by_image: dict[str, list[int]] = {}
-    for i, record in enumerate(records):
-        by_image.setdefault(record.image_path, []).append(i)
-    groups = [
-        ImageRef(records[ix[0]].image_path, records[ix[0]].width, records[ix[0]].height)
-        for ix in by_image.values()
-    ]
-    feats = region_features(
-        model, groups, lambda g: [records[i].box for i in by_image[g.image_path]], transform, batch_size, head
-    )
+    groups, members_of = image_groups(records)
+    box_lists = {g: [records[i].box for i in m] for g, m in zip(groups, members_of, strict=True)}  # distinct
+    feats = region_features(model, groups, box_lists.__getitem__, transform, batch_size, head)
     out: list[Tensor | None] = [None] * len(records)
-    for members, group_feats in zip(by_image.values(), feats, strict=True):
+    for members, group_feats in zip(members_of, feats, strict=True):
         for j, i in enumerate(members):
             out[i] = None if group_feats is None else group_feats[j]
     return out
@@ -305,11 +307,7 @@ def grounding_head_rows(
     """
     device = model_device(model)
     rows = [{"status": "missing_image", "boxes": [], "image_size": [it.width, it.height]} for it in items]
-    by_image: dict[tuple, list[int]] = {}
-    for i, item in enumerate(items):
-        by_image.setdefault((item.image_path, item.width, item.height), []).append(i)
-    groups = [ImageRef(*key) for key in by_image]
-    members = list(by_image.values())
+    groups, members = image_groups(items)
     for idx, pixels, outs, sizes in image_batches(groups, transform, len(groups)):
         tokens = model.get_vision_tokens(pixels.to(device, model.dtype))  # (images, N, D)
         asked = [(i, row) for row, g in enumerate(idx) for i in members[g]]  # (item, image row)
