@@ -148,6 +148,7 @@ def load_grounding_benchmarks(
     ``limit`` keeps the first N items of each (quick runs).
     """
     loaded, unavailable = [], {}
+    scenes: dict[str, dict] = {}  # dataset -> its images' objects, read once for all its splits
     for name in names or list(GROUNDING_SPLITS):
         if name not in GROUNDING_SPLITS:
             raise ValueError(f"unknown benchmark {name!r}; known: {', '.join(GROUNDING_SPLITS)}")
@@ -158,7 +159,9 @@ def load_grounding_benchmarks(
                 unavailable[name] = f"no refer files for {dataset}({split_by}) under {refer_root}"
                 continue
             records = load_refer(refer_root, dataset, split_by, split, refer_image_dir, stats=skipped)
-            items, protocols = refer_items(records, name, image_objects(refer_root, dataset)), REFER_PROTOCOLS
+            if dataset not in scenes:
+                scenes[dataset] = image_objects(refer_root, dataset)
+            items, protocols = refer_items(records, name, scenes[dataset]), REFER_PROTOCOLS
         else:
             if flickr_root is None or not (Path(flickr_root) / f"{split}.txt").is_file():
                 unavailable[name] = f"no Flickr30k Entities {split}.txt under {flickr_root}"
