@@ -1,4 +1,5 @@
-"""CLOC training step vs the CLIP-only baseline's, side by side in one run (goal <= 1.10x).
+"""CLOC training step vs the CLIP-only baseline's, side by side in one run (goal <= 1.05x at ViT
+shapes, <= 1.3x at the tiny preset, in FLOPs and time).
 
 A full step (forward, backward, fused AdamW update) of one model on a batch with M valid regions per
 image (CLOC: CLIP loss + region and grounding losses) and on the same images and captions without
@@ -32,6 +33,14 @@ from bench.common import (
 )
 
 NAME = "pretrain_step"
+# issue 26: CLOC at CLIP's cost where the towers dominate; the tiny preset's towers are so small that
+# the region work (Prompter, phrases) weighs more
+GOALS = {"tiny": 1.30, "smoke": 1.30}
+DEFAULT_GOAL = 1.05
+
+
+def goal(preset: str) -> float:
+    return GOALS.get(preset, DEFAULT_GOAL)
 
 
 def compare(preset: str, args, device: torch.device) -> tuple[list[dict], dict]:
@@ -81,7 +90,7 @@ def main(argv: list[str] | None = None) -> dict:
                 flush=True,
             )
     summary = [
-        f"{preset}: CLOC / CLIP-only training step {r['time']:.3f}x (goal <= 1.10x), FLOPs {r['flops']:.3f}x"
+        f"{preset}: CLOC / CLIP-only training step {r['time']:.3f}x, FLOPs {r['flops']:.3f}x (goal <= {goal(preset):.2f}x)"
         for preset, r in ratios.items()
     ]
     summary.append(
@@ -92,7 +101,7 @@ def main(argv: list[str] | None = None) -> dict:
     print("\n".join(summary[:-1]))
     last = args.presets[-1]
     print(
-        f"RATIO CLOC / CLIP-only training step ({last}) on {hardware}: {ratios[last]['time']:.3f}x (goal <= 1.10x)"
+        f"RATIO CLOC / CLIP-only training step ({last}) on {hardware}: {ratios[last]['time']:.3f}x (goal <= {goal(last):.2f}x)"
     )
     return {"ratios": ratios, "rows": rows}
 

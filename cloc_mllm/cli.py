@@ -24,7 +24,7 @@ from collections.abc import Sequence
 COMMANDS: dict[str, tuple[str, str]] = {
     "pipeline": ("cloc_mllm.pipeline.__main__", "the main job: world, pretraining, LLaVAs, evaluation, report"),
     "make-synthetic": ("cloc_mllm.data.synthetic", "write the synthetic world in every format"),
-    "pretrain": ("cloc_mllm.training.cli", "pretrain CLOC or the CLIP-only baseline"),
+    "pretrain": ("cloc_mllm.pretraining", "pretrain CLOC or the CLIP-only baseline"),
     "vesl": ("cloc_mllm.vesl.cli", "pseudo-label images with region-text pairs (VESL)"),
     "finetune": ("cloc_mllm.mllm.training", "train a LLaVA on a CLOC / CLIP tower (LLaVA-1.5 flags)"),
     "eval": ("cloc_mllm.eval.runner", "evaluate an encoder or a LLaVA"),

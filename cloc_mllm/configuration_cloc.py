@@ -14,11 +14,14 @@ from transformers import CLIPTextConfig, CLIPVisionConfig, PreTrainedConfig
 
 PRESETS = ("tiny", "vit-b-16", "vit-l-14")
 
+# the trained region heads and the training objectives, named once (training configs and the model use these)
+TRAINED_REGION_HEADS = ("prompter", "roialign")
+LOSS_MODES = ("cloc", "clip", "clip_phrases")
 _CHOICES = {
-    "region_head": ("prompter", "roialign"),
+    "region_head": TRAINED_REGION_HEADS,
     "contrastive_loss": ("infonce", "siglip"),
     "grounding_loss": ("l2", "l1", "giou"),
-    "loss_mode": ("cloc", "clip"),
+    "loss_mode": LOSS_MODES,
     "region_negative_filter": ("tokens", "embedding"),
 }
 _PROMPTER_CHOICES = {
@@ -102,6 +105,8 @@ class CLOCConfig(PreTrainedConfig):
     logit_scale_init_value: float = 2.6592  # ln(1 / 0.07), CLIP's initial temperature
     region_logit_scale_init_value: float = 2.6592
     logit_bias_init_value: float = -10.0  # SigLIP only
+    # cloc | clip (the baseline) | clip_phrases (the baseline with the region phrases as extra texts of
+    # their whole image: as much text supervision as CLOC, none of it tied to a box)
     loss_mode: str = "cloc"
     contrastive_loss: str = "infonce"
     region_head: str = "prompter"

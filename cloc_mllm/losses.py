@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .box_ops import box_xyxy_to_cxcywh, elementwise_generalized_box_iou
+from .prompter import box_patch_coverage
 
 
 def _world() -> tuple[int, int]:
@@ -44,13 +45,30 @@ def _local_rows(num_local: int, num_total_before: int) -> Tensor:
     return torch.arange(num_local) + num_total_before
 
 
-def _rank_offset(count: int, device: torch.device) -> tuple[int, int]:
-    """(rows before this rank, rows in total) for per-rank row counts that may differ."""
-    rank, world = _world()
-    if world == 1:
-        return 0, count
-    counts = gather_no_grad(torch.tensor([count], device=device))
-    return int(counts[:rank].sum()), int(counts.sum())
+@dataclass(frozen=True)
+class StepCounts:
+    """Every rank's row counts of one step: images, valid regions (or phrases) and images that carry
+    a region. Gathered once per step (one all_gather of three integers) and read by every term, for
+    the rows before this rank, the global totals and the ragged gathers."""
+
+    rank: int
+    images: tuple[int, ...]
+    regions: tuple[int, ...]
+    with_regions: tuple[int, ...]
+
+    @classmethod
+    def gather(cls, images: int, regions: int = 0, with_regions: int = 0, device: torch.device | None = None) -> StepCounts:
+        rank, world = _world()
+        local = torch.tensor([[images, regions, int(with_regions)]], device=device)  # (1, 3)
+        table = gather_no_grad(local) if world > 1 else local  # (world, 3)
+        return cls(rank, *(tuple(column) for column in table.t().tolist()))
+
+    def before(self, kind: str) -> int:
+        """Rows of ``kind`` on the ranks before this one (the offset of this rank's rows)."""
+        return sum(getattr(self, kind)[: self.rank])
+
+    def total(self, kind: str) -> int:
+        return sum(getattr(self, kind))
 
 
 def infonce_loss(
@@ -131,12 +149,14 @@ class CLOCLoss(nn.Module):
     def __init__(
         self,
         contrastive: str = "infonce",
-        grounding: str = "l2",
+        grounding: str = "giou",  # CLOCConfig.grounding_loss's default
         region_weight: float = 1.0,
         grounding_weight: float = 1.0,
         text_similarity_threshold: float = 0.9,
+        grid_size: int = 14,
     ):
         super().__init__()
+        self.grid_size = grid_size  # patches per image side: the grounding map's target grid
         self.contrastive = contrastive
         self.grounding = grounding
         self.region_weight = region_weight
@@ -144,9 +164,15 @@ class CLOCLoss(nn.Module):
         self.text_similarity_threshold = text_similarity_threshold
 
     def clip_term(
-        self, image_embeds: Tensor, text_embeds: Tensor, logit_scale: Tensor, logit_bias: Tensor | None
+        self,
+        image_embeds: Tensor,
+        text_embeds: Tensor,
+        logit_scale: Tensor,
+        logit_bias: Tensor | None,
+        counts: StepCounts | None = None,
     ) -> Tensor:
-        offset, _ = _rank_offset(image_embeds.shape[0], image_embeds.device)
+        counts = counts or StepCounts.gather(image_embeds.shape[0], device=image_embeds.device)
+        offset = counts.before("images")
         all_text = gather_with_grad(text_embeds)
         if self.contrastive == "siglip":
             return siglip_loss(image_embeds, all_text, logit_scale, logit_bias, offset)
@@ -159,24 +185,55 @@ class CLOCLoss(nn.Module):
         region_text_embeds: Tensor,
         logit_scale: Tensor,
         text_signatures: Tensor | None = None,
+        counts: StepCounts | None = None,
     ) -> Tensor:
         """(R, D) valid regions of this rank vs all ranks' regions, with near-duplicate captions ignored.
 
         Caption similarity is measured on ``text_signatures`` (R, S) L2-normalised when given, else on
         the text embeddings themselves (the paper's rule).
         """
-        offset, _ = _rank_offset(region_embeds.shape[0], region_embeds.device)
-        all_regions = _gather_ragged(region_embeds)
-        all_texts = _gather_ragged(region_text_embeds)
+        counts = counts or StepCounts.gather(0, region_embeds.shape[0], device=region_embeds.device)
+        offset = counts.before("regions")
+        all_regions = _gather_ragged(region_embeds, counts.regions)
+        all_texts = _gather_ragged(region_text_embeds, counts.regions)
         with torch.no_grad():
             signatures = region_text_embeds if text_signatures is None else text_signatures
-            text_similarity = signatures @ _gather_ragged(signatures).t()  # (r, R)
+            text_similarity = signatures @ _gather_ragged(signatures, counts.regions).t()  # (r, R)
             ignore = text_similarity > self.text_similarity_threshold
             rows = torch.arange(region_embeds.shape[0], device=ignore.device)
             ignore[rows, rows + offset] = False  # the positive always stays
         return infonce_loss(
             region_embeds, region_text_embeds, all_regions, all_texts, logit_scale, offset, ignore
         )
+
+    def phrase_image_term(
+        self,
+        phrase_embeds: Tensor,
+        phrase_images: Tensor,
+        image_embeds: Tensor,
+        logit_scale: Tensor,
+        phrase_signatures: Tensor,
+        counts: StepCounts | None = None,
+    ) -> Tensor:
+        """The equal-supervision control: each region phrase (r, D) of this rank as an extra text of
+        its whole image, scored against every rank's images (text -> image InfoNCE).
+
+        ``phrase_images`` (r,) local image row of each phrase. An image that also carries the phrase
+        (signature similarity above the threshold) is not a negative: "red circle" names many images.
+        """
+        counts = counts or StepCounts.gather(image_embeds.shape[0], phrase_embeds.shape[0], device=image_embeds.device)
+        num_phrases = counts.total("regions")
+        all_images = gather_with_grad(image_embeds)  # (N, D)
+        own = phrase_images + counts.before("images")  # (r,) global image rows
+        with torch.no_grad():
+            all_signatures = _gather_ragged(phrase_signatures, counts.regions)
+            same = phrase_signatures @ all_signatures.t() > self.text_similarity_threshold  # (r, R)
+            owners = _gather_ragged(own, counts.regions)[None].expand_as(same)  # (r, R) the image of every phrase
+            ignore = torch.zeros(same.shape[0], all_images.shape[0], device=same.device)
+            ignore = ignore.scatter_reduce(1, owners, same.float(), "amax").bool()  # (r, N)
+            ignore[torch.arange(own.shape[0], device=own.device), own] = False  # the positive stays
+        logits = (logit_scale.exp() * phrase_embeds @ all_images.t()).masked_fill(ignore, float("-inf"))
+        return F.cross_entropy(logits, own, reduction="sum") / max(num_phrases, 1)
 
     def forward(
         self,
@@ -187,35 +244,56 @@ class CLOCLoss(nn.Module):
         region_embeds: Tensor | None = None,
         region_text_embeds: Tensor | None = None,
         pred_boxes: Tensor | None = None,
-        target_boxes: Tensor | None = None,
-        images_with_regions: Tensor | None = None,
+        region_boxes: Tensor | None = None,
+        region_mask: Tensor | None = None,
         region_logit_scale: Tensor | None = None,
         region_text_signatures: Tensor | None = None,
         grounding_logits: Tensor | None = None,
-        grounding_targets: Tensor | None = None,
+        phrase_images: Tensor | None = None,
     ) -> LossTerms:
-        """image/text_embeds (B, D) normalised; region tensors (R, D) / (R, 4) over the valid regions;
-        images_with_regions: scalar count of this rank's images that carry at least one region."""
+        """The model's outputs: image/text_embeds (B, D) normalised, region tensors over the valid
+        regions (R, D) / (R, 4), ``grounding_logits`` (R, N); ``phrase_images`` (R,) in the
+        equal-supervision control (no region embeddings): the local image row of each of the
+        ``region_text_embeds``, scored as extra image-text pairs. The batch: ``region_boxes`` (B, M, 4)
+        normalised xyxy and ``region_mask`` (B, M). The targets (the valid boxes, their patch coverage,
+        the images that carry a region) are built here from the batch."""
         _, world = _world()
-        loss_clip = self.clip_term(image_embeds, text_embeds, logit_scale, logit_bias) * world
-        if region_embeds is None:
+        uses_regions = region_embeds is not None or phrase_images is not None
+        rows = region_embeds if region_embeds is not None else region_text_embeds
+        counts = StepCounts.gather(  # the step's only count exchange
+            image_embeds.shape[0],
+            rows.shape[0] if uses_regions else 0,
+            int(region_mask.any(-1).sum()) if uses_regions else 0,
+            image_embeds.device,
+        )
+        loss_clip = self.clip_term(image_embeds, text_embeds, logit_scale, logit_bias, counts) * world
+        if not uses_regions:
             return LossTerms(loss=loss_clip, loss_clip=loss_clip)
-        batch = gather_no_grad(torch.tensor([image_embeds.shape[0]], device=image_embeds.device)).sum()
-        with_regions = gather_no_grad(images_with_regions.reshape(1).to(batch.device)).sum()
-        lam = self.region_weight * with_regions.float() / batch.float()
-        if int(with_regions) == 0:
+        with_regions = counts.total("with_regions")
+        lam = image_embeds.new_tensor(self.region_weight * with_regions / counts.total("images"))
+        if phrase_images is not None:
+            if with_regions == 0:
+                zero = region_text_embeds.sum() * 0.0
+                return LossTerms(loss_clip + zero, loss_clip, zero, None, lam)
+            loss_phrase = self.phrase_image_term(
+                region_text_embeds, phrase_images, image_embeds, logit_scale, region_text_signatures, counts
+            ) * world  # fmt: skip
+            return LossTerms(loss_clip + lam * loss_phrase, loss_clip, loss_phrase, None, lam)
+        if with_regions == 0:
             # Keep the region parameters in the graph (zero gradient) so DDP sees every parameter used.
             zero = region_embeds.sum() * 0.0 + (pred_boxes.sum() * 0.0 if pred_boxes is not None else 0.0)
             return LossTerms(loss_clip + zero, loss_clip, zero, zero, lam)
         scale = region_logit_scale if region_logit_scale is not None else logit_scale
-        loss_region = self.region_term(region_embeds, region_text_embeds, scale, region_text_signatures) * world
+        loss_region = self.region_term(region_embeds, region_text_embeds, scale, region_text_signatures, counts) * world
         loss_ground = image_embeds.new_zeros(())
         if pred_boxes is not None:
-            num_regions = gather_no_grad(torch.tensor([pred_boxes.shape[0]], device=pred_boxes.device)).sum()
-            per_box = grounding_loss(pred_boxes.float(), target_boxes.float(), self.grounding)
+            num_regions = max(counts.total("regions"), 1)
+            target_boxes = region_boxes[region_mask].float()  # (R, 4)
+            per_box = grounding_loss(pred_boxes.float(), target_boxes, self.grounding)
             if grounding_logits is not None:
-                per_box = per_box + grounding_map_loss(grounding_logits.float(), grounding_targets.float())
-            loss_ground = per_box.sum() / num_regions.clamp(min=1) * world * self.grounding_weight
+                coverage = box_patch_coverage(target_boxes[None], self.grid_size)[0]  # (R, N)
+                per_box = per_box + grounding_map_loss(grounding_logits.float(), coverage)
+            loss_ground = per_box.sum() / num_regions * world * self.grounding_weight
         loss = loss_clip + lam * (loss_region + loss_ground)
         return LossTerms(loss, loss_clip, loss_region, loss_ground, lam)
 
@@ -235,12 +313,12 @@ def token_signatures(input_ids: Tensor, attention_mask: Tensor | None, special_i
     return F.normalize(counts, dim=-1)
 
 
-def _gather_ragged(tensor: Tensor) -> Tensor:
-    """all_gather with gradients for per-rank row counts that differ (pads, gathers, strips)."""
-    rank, world = _world()
+def _gather_ragged(tensor: Tensor, counts: tuple[int, ...]) -> Tensor:
+    """all_gather (with gradients when ``tensor`` needs them) for per-rank row counts ``counts`` that
+    differ (pads, gathers, strips)."""
+    _, world = _world()
     if world == 1:
         return tensor
-    counts = gather_no_grad(torch.tensor([tensor.shape[0]], device=tensor.device)).tolist()
-    padded = F.pad(tensor, (0, 0, 0, max(counts) - tensor.shape[0]))
-    parts = dist_fn.all_gather(padded)
+    padded = F.pad(tensor, (0, 0) * (tensor.dim() - 1) + (0, max(counts) - tensor.shape[0]))  # rows only
+    parts = dist_fn.all_gather(padded) if tensor.requires_grad else gather_no_grad(padded).chunk(world)
     return torch.cat([part[:count] for part, count in zip(parts, counts)], dim=0)

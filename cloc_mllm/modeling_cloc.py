@@ -17,20 +17,15 @@ from transformers import CLIPImageProcessorPil, CLIPModel, CLIPTextModel, CLIPVi
 from transformers import initialization as init
 from transformers.utils import ModelOutput
 
-from .configuration_cloc import CLOCConfig
+from .configuration_cloc import TRAINED_REGION_HEADS, CLOCConfig
 from .losses import CLOCLoss, token_signatures
-from .prompter import (
-    FourierPositionEncoding,
-    PromptEncoder,
-    Prompter,
-    RoIAlignRegionHead,
-    box_patch_coverage,
-    patch_cell_boxes,
-    patch_centres,
-    roi_pool_tokens,
-)
+from .prompter import Prompter, RoIAlignRegionHead, init_prompter_state, roi_pool_tokens
 
-REGION_HEADS = ("prompter", "roialign", "clip_roialign")
+# the trained heads (configuration_cloc) and two parameter-free read-outs of a CLIP tower:
+# clip_roialign pools the last layer's patch outputs (the paper's CLIP baseline), clip_maskclip pools
+# MaskCLIP's value path of the last layer (``get_value_tokens``)
+CLIP_READOUTS = ("clip_roialign", "clip_maskclip")
+REGION_HEADS = (*TRAINED_REGION_HEADS, *CLIP_READOUTS)
 
 
 @dataclass
@@ -48,7 +43,6 @@ class CLOCOutput(ModelOutput):
     region_text_embeds: Tensor | None = None
     pred_boxes: Tensor | None = None
     grounding_logits: Tensor | None = None  # (R, N) the grounding attention bias over patches
-    grounding_targets: Tensor | None = None  # (R, N) how much of each patch the target box covers
     region_text_signatures: Tensor | None = None
     logits_per_image: Tensor | None = None
 
@@ -73,19 +67,8 @@ class CLOCPreTrainedModel(PreTrainedModel):
             init.constant_(module.logit_scale, config.logit_scale_init_value)
             init.constant_(module.region_logit_scale, config.region_logit_scale_init_value)
             init.constant_(module.logit_bias, config.logit_bias_init_value)
-        elif isinstance(module, Prompter):
-            if module.box_bias_scale is not None:
-                init.constant_(module.box_bias_scale, module.config.box_bias_init)
-            if module.grounding_bias_scale is not None:
-                init.constant_(module.grounding_bias_scale, module.config.grounding_bias_init)
-            if module.content_type_embedding is not None:
-                init.zeros_(module.content_type_embedding)
-            init.copy_(module.cell_boxes, patch_cell_boxes(module.grid_size))
-        elif isinstance(module, PromptEncoder):
-            init.zeros_(module.text_type_embedding)
-            init.copy_(module.centres, patch_centres(module.grid_size))
-        elif isinstance(module, FourierPositionEncoding):
-            init.copy_(module.frequencies, module.initial_frequencies())
+        else:
+            init_prompter_state(module)
 
 
 class CLOCModel(CLOCPreTrainedModel):
@@ -114,6 +97,7 @@ class CLOCModel(CLOCPreTrainedModel):
             region_weight=config.region_loss_weight,
             grounding_weight=config.grounding_loss_weight,
             text_similarity_threshold=config.text_similarity_threshold,
+            grid_size=config.num_patches_per_side,
         )
         self.post_init()
 
@@ -131,6 +115,27 @@ class CLOCModel(CLOCPreTrainedModel):
     def get_vision_tokens(self, pixel_values: Tensor) -> Tensor:
         """(B, 3, H, W) -> (B, N, C) last-layer patch tokens (no CLS): compute once, reuse for any boxes."""
         return self.vision_model(pixel_values=pixel_values).last_hidden_state[:, 1:]
+
+    def get_value_tokens(self, pixel_values: Tensor) -> Tensor:
+        """(B, 3, H, W) -> (B, N, C) MaskCLIP's dense read-out: each patch through the last layer's
+        value and output projections only (``out_proj(v_proj(layer_norm1(x)))``, x = the last layer's
+        input), no query-key mixing, residual or MLP.
+
+        Why: under the CLIP-only loss just the CLS row of the last layer reaches the loss, so that
+        layer's patch outputs get no gradient at all, while its value path is trained (the CLS output
+        is an attention-weighted sum of value-projected patches). A region pooled from these tokens is
+        a part of what the trained image embedding is made of (Zhou et al., ECCV 2022).
+        """
+        out = self.vision_model(pixel_values=pixel_values, output_hidden_states=True)
+        last = self.vision_model.encoder.layers[-1]
+        x = last.layer_norm1(out.hidden_states[-2][:, 1:])  # (B, N, C) the last layer's patch inputs
+        return last.self_attn.out_proj(last.self_attn.v_proj(x))
+
+    def get_region_tokens(self, pixel_values: Tensor, head: str | None = None) -> Tensor:
+        """(B, 3, H, W) -> (B, N, C): the patch tokens ``head`` pools, computed once for any boxes."""
+        if (head or self.config.region_head) == "clip_maskclip":
+            return self.get_value_tokens(pixel_values)
+        return self.get_vision_tokens(pixel_values)
 
     def get_text_features(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
         """(B, L) -> (B, D) L2-normalised text embeddings (pooled at the EOS token, projected)."""
@@ -168,19 +173,21 @@ class CLOCModel(CLOCPreTrainedModel):
     ) -> Tensor:
         """Region embeddings for boxes (B, K, 4) normalised xyxy (model frame) -> (B, K, D).
 
-        Pass ``vision_tokens`` from ``get_vision_tokens`` to reuse one image encode for any number of
-        boxes. ``head``: None = the trained head of the config; ``"clip_roialign"`` = the parameter-free
-        CLIP baseline (RoIAlign over the tokens -> post-layernorm -> CLIP's visual projection).
+        Pass ``vision_tokens`` from ``get_region_tokens(pixel_values, head)`` to reuse one image encode
+        for any number of boxes. ``head``: None = the trained head of the config; a CLIP read-out
+        (``CLIP_READOUTS``) = parameter-free, RoIAlign over the last layer's tokens
+        (``clip_roialign``, the paper's CLIP baseline) or over MaskCLIP's value tokens
+        (``clip_maskclip``), then post-layernorm -> CLIP's visual projection.
         """
         if boxes is None:
             raise ValueError("get_region_features needs boxes of shape (B, K, 4)")
-        if vision_tokens is None:
-            if pixel_values is None:
-                raise ValueError("get_region_features needs pixel_values or vision_tokens")
-            vision_tokens = self.get_vision_tokens(pixel_values)
         head = head or self.config.region_head
         if head not in REGION_HEADS:
             raise ValueError(f"unknown region head {head!r}; choose from {REGION_HEADS}")
+        if vision_tokens is None:
+            if pixel_values is None:
+                raise ValueError("get_region_features needs pixel_values or vision_tokens")
+            vision_tokens = self.get_region_tokens(pixel_values, head)
         if head == "prompter":
             embeds = self.prompter.encode_boxes(vision_tokens, boxes)
         elif head == "roialign":
@@ -225,7 +232,8 @@ class CLOCModel(CLOCPreTrainedModel):
         return_loss: bool = False,
     ) -> CLOCOutput:
         """Image/text embeddings and, in ``loss_mode="cloc"`` with regions given, region embeddings
-        and grounded boxes for the valid regions. The arguments are the collator's batch keys exactly
+        and grounded boxes for the valid regions (in ``"clip_phrases"``, the control, only the region
+        phrases' text embeddings). The arguments are the collator's batch keys exactly
         (``CLOCCollator``): a misspelt key is a TypeError naming it, never a CLOC run trained as CLIP.
 
         region_boxes (B, M, 4) normalised xyxy in the model frame; region_input_ids / attention_mask
@@ -239,12 +247,24 @@ class CLOCModel(CLOCPreTrainedModel):
             logits_per_image=self.logit_scale.exp() * image_embeds @ text_embeds.t(),
         )
         use_regions = self.config.loss_mode == "cloc" and region_boxes is not None
+        use_phrases = self.config.loss_mode == "clip_phrases" and region_input_ids is not None
+        if (use_regions or use_phrases) and region_mask is None:
+            rows = region_boxes if region_boxes is not None else region_input_ids  # (B, M, ...)
+            region_mask = torch.ones(rows.shape[:2], dtype=torch.bool, device=rows.device)
         if use_regions:
-            if region_mask is None:
-                region_mask = torch.ones(region_boxes.shape[:2], dtype=torch.bool, device=region_boxes.device)
             self._add_region_outputs(
                 out, tokens, region_boxes, region_input_ids, region_attention_mask, region_mask
             )
+        phrase_images = None
+        if use_phrases:  # the phrases as extra texts of their whole image; no region embedding
+            attn = region_attention_mask[region_mask] if region_attention_mask is not None else None
+            out.region_text_embeds = (
+                self.encode_phrases(region_input_ids[region_mask], attn)
+                if region_mask.any()
+                else image_embeds.new_zeros(0, image_embeds.shape[-1])
+            )
+            out.region_text_signatures = self._phrase_signatures(region_input_ids[region_mask], attn)
+            phrase_images = region_mask.nonzero()[:, 0]  # (R,) the image row of each phrase
         if return_loss:
             terms = self.loss_fn(
                 image_embeds,
@@ -254,12 +274,12 @@ class CLOCModel(CLOCPreTrainedModel):
                 region_embeds=out.region_embeds,
                 region_text_embeds=out.region_text_embeds,
                 pred_boxes=out.pred_boxes,
-                target_boxes=region_boxes[region_mask] if use_regions else None,
+                region_boxes=region_boxes,
+                region_mask=region_mask,
                 grounding_logits=out.grounding_logits,
-                grounding_targets=out.grounding_targets,
-                images_with_regions=region_mask.any(-1).sum() if use_regions else None,
                 region_logit_scale=self.region_logit_scale,
                 region_text_signatures=out.region_text_signatures,
+                phrase_images=phrase_images,
             )
             out.loss, out.loss_clip = terms.loss, terms.loss_clip
             out.loss_region, out.loss_ground, out.region_weight = (
@@ -280,10 +300,8 @@ class CLOCModel(CLOCPreTrainedModel):
     ) -> None:
         region_embeds = self.get_region_features(boxes=boxes, vision_tokens=tokens)[mask]  # (R, D)
         if self.config.region_negative_filter == "tokens":
-            text = self.config.text_config
-            special = torch.tensor([t for t in (text.pad_token_id, text.bos_token_id, text.eos_token_id) if t is not None])
-            out.region_text_signatures = token_signatures(
-                region_ids[mask], region_attn[mask] if region_attn is not None else None, special.to(region_ids.device)
+            out.region_text_signatures = self._phrase_signatures(
+                region_ids[mask], region_attn[mask] if region_attn is not None else None
             )
         if mask.any():
             region_text = self.encode_phrases(
@@ -297,8 +315,13 @@ class CLOCModel(CLOCPreTrainedModel):
         pred_boxes = pred_boxes[mask]  # (R, 4)
         if grounding_logits is not None:
             out.grounding_logits = grounding_logits[mask]  # (R, N)
-            out.grounding_targets = box_patch_coverage(boxes[mask][None].float(), self.prompter.grid_size)[0]
         out.region_embeds, out.region_text_embeds, out.pred_boxes = region_embeds, region_text, pred_boxes
+
+    def _phrase_signatures(self, input_ids: Tensor, attention_mask: Tensor | None) -> Tensor:
+        """(R, L) -> (R, S) model-free fingerprints that tell identical phrases apart from the first step."""
+        text = self.config.text_config
+        special = [t for t in (text.pad_token_id, text.bos_token_id, text.eos_token_id) if t is not None]
+        return token_signatures(input_ids, attention_mask, torch.tensor(special, device=input_ids.device))
 
     # ----- HF CLIP interoperability --------------------------------------------------------------
     def export_vision_tower(

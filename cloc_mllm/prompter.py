@@ -256,7 +256,9 @@ class Prompter(nn.Module):
         Corner queries locate the box; this token starts from what is inside it, so the region
         embedding integrates the whole object instead of the patches nearest the corners.
         """
-        weights = coverage / coverage.sum(-1, keepdim=True)  # (B, K, N)
+        # a box that covers no patch (zero area, or a padded NO_BOX row clamped to a point) gets the
+        # type embedding alone: 0/0 here would put NaN into every gradient that passes these rows
+        weights = coverage / coverage.sum(-1, keepdim=True).clamp(min=1e-6)  # (B, K, N)
         return (weights @ image_tokens + self.content_type_embedding)[:, :, None]
 
     def encode_boxes(self, image_tokens: Tensor, boxes: Tensor) -> Tensor:
@@ -311,6 +313,41 @@ class Prompter(nn.Module):
         cxcywh = (prior + self.grounding_head(features)).sigmoid()  # (B, K, 4)
         boxes = box_cxcywh_to_xyxy(cxcywh).clamp(0.0, 1.0)
         return (boxes, bias) if return_logits else boxes
+
+
+@torch.no_grad()
+def init_prompter_state(module: nn.Module) -> None:
+    """``_init_weights`` for the Prompter's own tensors, shared by every model that holds a Prompter:
+    its scalar scales and type embedding (transformers' ``init`` leaves loaded ones alone) and its
+    geometry buffers (``restore_geometry``)."""
+    from transformers import initialization as init
+
+    if isinstance(module, Prompter):
+        if module.box_bias_scale is not None:
+            init.constant_(module.box_bias_scale, module.config.box_bias_init)
+        if module.grounding_bias_scale is not None:
+            init.constant_(module.grounding_bias_scale, module.config.grounding_bias_init)
+        if module.content_type_embedding is not None:
+            init.zeros_(module.content_type_embedding)
+    elif isinstance(module, PromptEncoder):
+        init.zeros_(module.text_type_embedding)
+    restore_geometry(module)
+
+
+@torch.no_grad()
+def restore_geometry(module: nn.Module) -> None:
+    """Recompute ``module``'s unsaved buffers (patch centres, cell boxes, Fourier frequencies).
+
+    They follow from the grid, so checkpoints do not hold them; ``from_pretrained`` builds the model on
+    the meta device and leaves such a buffer as uninitialised memory until this runs, and a Prompter
+    reading garbage centres answers garbage.
+    """
+    if isinstance(module, Prompter):
+        module.cell_boxes.copy_(patch_cell_boxes(module.grid_size))
+    elif isinstance(module, PromptEncoder):
+        module.centres.copy_(patch_centres(module.grid_size))
+    elif isinstance(module, FourierPositionEncoding):
+        module.frequencies.copy_(module.initial_frequencies())
 
 
 class RoIAlignRegionHead(nn.Module):

@@ -7,7 +7,7 @@ deepspeed pretrain/train.py --deepspeed pretrain/ds_zero2.json --config ... --ou
 
 import sys
 
-from cloc_mllm.training.cli import main
+from cloc_mllm.pretraining import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -22,7 +22,8 @@ def test_region_case_differs_only_by_region_tokens_and_trains_the_region_mlp():
     for batch, used in ((plain, False), (regions, True)):
         model.zero_grad(set_to_none=True)
         model(**batch).loss.backward()
-        assert (region_mlp.grad is not None) == used
+        # reached either way (every rank's backward touches the same parameters); only <region> moves it
+        assert region_mlp.grad is not None and bool(region_mlp.grad.any()) == used
 
 
 def test_smoke_run_writes_results_and_prints_ratio_last(tmp_path, capsys):

@@ -1,6 +1,6 @@
 import pytest
 
-from cloc_mllm.mllm.box_text import format_box, format_box_numbers, parse_boxes
+from cloc_mllm.box_text import format_box, format_box_numbers, parse_boxes
 
 
 def approx_boxes(boxes, abs=1e-6):
@@ -62,3 +62,13 @@ def test_several_boxes_in_order_and_pixel_scale():
 )
 def test_unparseable_answers_give_no_box(text):
     assert parse_boxes(text) == []
+
+
+def test_old_module_path_still_works_with_a_deprecation_warning():
+    import importlib
+    import sys
+
+    sys.modules.pop("cloc_mllm.mllm.box_text", None)
+    with pytest.warns(DeprecationWarning, match="moved to cloc_mllm.box_text"):
+        old = importlib.import_module("cloc_mllm.mllm.box_text")
+    assert old.parse_boxes is parse_boxes and old.format_box is format_box

@@ -63,6 +63,9 @@ class OracleModel(torch.nn.Module):
         self.images_encoded = getattr(self, "images_encoded", 0) + len(pixel_values)
         return torch.zeros(len(pixel_values), 16, 4)
 
+    def get_region_tokens(self, pixel_values, head=None):
+        return self.get_vision_tokens(pixel_values)
+
     def get_text_features(self, input_ids, attention_mask=None):
         """One-hot over the grounding texts when grounding (the box is looked up from it), else over
         the class names."""

@@ -1,9 +1,9 @@
 import pytest
 
 import cloc_mllm.mllm.inference as inference
+from cloc_mllm.box_text import format_box
 from cloc_mllm.eval.benchmarks import GroundingBenchmark, GroundingItem, load_grounding_benchmarks
 from cloc_mllm.eval.mllm_grounding import GROUNDING_PROMPT, evaluate_mllm_grounding
-from cloc_mllm.mllm.box_text import format_box
 from tests.eval_helpers import make_world
 
 

@@ -137,7 +137,7 @@ def small_disk(tmp_path, monkeypatch, record_property):
 
 PRETRAIN_PAUSED_IN_CHECKPOINT = """
 from cloc_mllm.training import checkpoint as ckpt
-from cloc_mllm.training.cli import main
+from cloc_mllm.pretraining import main
 marker, step = sys.argv[1], int(sys.argv[2])
 real_save_state = ckpt.save_state
 def save_state(state, path):
@@ -379,5 +379,5 @@ def test_a_checkpoint_cut_short_while_saving_is_never_resumed_from(tmp_path):
         folder.mkdir()
         (folder / "model.safetensors").write_bytes(b"partial" if not complete else b"weights")
         if complete:
-            (folder / "trainer_state.json").write_text('{"global_step": %d}' % step)
+            (folder / "trainer_state.json").write_text(f'{{"global_step": {step}}}')
     assert last_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-10")  # 12 is partial; 10 > 2 by number

@@ -3,11 +3,11 @@ import json
 import pytest
 from transformers import CLIPVisionConfig
 
+from cloc_mllm.box_text import parse_boxes
 from cloc_mllm.data.flickr30k import load_flickr30k_entities
 from cloc_mllm.data.refer import load_refer
 from cloc_mllm.data.synthetic import SyntheticWorldConfig, write_world
 from cloc_mllm.data.tokenizer import train_world_tokenizer
-from cloc_mllm.mllm.box_text import parse_boxes
 from cloc_mllm.mllm.builder import LlavaBuildArgs, build_processor, prepare_tokenizer
 from cloc_mllm.mllm.data import LazySupervisedDataset
 from cloc_mllm.mllm.instruct_builders import (

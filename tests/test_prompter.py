@@ -95,6 +95,44 @@ def test_roialign_heads(tiny_config):
         )
 
 
+def test_maskclip_read_out_is_the_last_layers_value_path(tiny_config):
+    model = CLOCModel(tiny_config).eval()
+    batch = random_batch(tiny_config, batch_size=2)
+    pixels, boxes = batch["pixel_values"], batch["region_boxes"]
+    tower = model.vision_model
+    with torch.no_grad():
+        value = model.get_value_tokens(pixels)
+        # by hand from the HF layers: embeddings -> pre-LN -> all but the last layer -> its value path
+        x = tower.pre_layrnorm(tower.embeddings(pixels))
+        for layer in tower.encoder.layers[:-1]:
+            x = layer(x, attention_mask=None)
+        last = tower.encoder.layers[-1]
+        expected = last.self_attn.out_proj(last.self_attn.v_proj(last.layer_norm1(x)))[:, 1:]
+        torch.testing.assert_close(value, expected)
+        pooled = model.get_region_features(pixels, boxes, head="clip_maskclip")
+        reused = model.get_region_features(vision_tokens=value, boxes=boxes, head="clip_maskclip")
+        paper = model.get_region_features(pixels, boxes, head="clip_roialign")
+    torch.testing.assert_close(pooled, reused)
+    assert not torch.allclose(pooled, paper, atol=1e-4)
+
+
+def test_clip_loss_trains_the_value_path_but_not_the_last_layers_patch_outputs(tiny_config):
+    """Why the MaskCLIP read-out exists: only the CLS row of the last layer reaches the CLIP loss."""
+    config = tiny_config.__class__.from_dict({**tiny_config.to_dict(), "loss_mode": "clip"})
+    model = CLOCModel(config)
+    batch = random_batch(config, batch_size=3)
+    outputs = {}
+    hook = model.vision_model.encoder.layers[-1].register_forward_hook(
+        lambda module, args, out: outputs.setdefault("last", out).retain_grad()
+    )
+    model(batch["pixel_values"], batch["input_ids"], batch["attention_mask"], return_loss=True).loss.backward()
+    hook.remove()
+    grad = outputs["last"].grad  # (B, 1 + N, C)
+    assert grad[:, 0].abs().sum() > 0
+    assert grad[:, 1:].abs().sum() == 0
+    assert model.vision_model.encoder.layers[-1].self_attn.v_proj.weight.grad.abs().sum() > 0
+
+
 def test_attention_box_estimate_recovers_a_uniform_box():
     from cloc_mllm.prompter import attention_box_estimate
 

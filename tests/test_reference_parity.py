@@ -18,11 +18,11 @@ import numpy as np
 import pytest
 import torch
 
+from cloc_mllm.box_text import format_box, parse_boxes
 from cloc_mllm.data.flickr30k import load_flickr30k_entities, parse_annotation, parse_sentence
 from cloc_mllm.data.transforms import boxes_from_model_frame
 from cloc_mllm.eval.benchmarks import load_grounding_benchmarks, score_benchmark
 from cloc_mllm.eval.metrics import score_grounding
-from cloc_mllm.mllm.box_text import format_box, parse_boxes
 from tests.eval_helpers import make_world
 
 # ---- independent references ------------------------------------------------------------------------

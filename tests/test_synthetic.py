@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 from pycocotools.coco import COCO
 
+from cloc_mllm.box_text import parse_boxes
 from cloc_mllm.data.synthetic import (
     SyntheticWorldConfig,
     categories,
@@ -23,7 +24,6 @@ from cloc_mllm.data.synthetic_scene import image_rng, render_scene, sample_scene
 from cloc_mllm.data.synthetic_text import resolve
 from cloc_mllm.data.synthetic_writers import shard_record
 from cloc_mllm.data.tokenizer import EOS_ID, load_tokenizer
-from cloc_mllm.mllm.box_text import parse_boxes
 
 TINY = dict(
     image_size=64, num_train=10, num_val=4, num_test=6, images_per_shard=4, min_aspect=0.75, max_aspect=1.33

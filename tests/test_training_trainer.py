@@ -11,6 +11,7 @@ from transformers import CLIPVisionModel
 from cloc_mllm import CLOCModel
 from cloc_mllm.data.shards import raw_records
 from cloc_mllm.data.tokenizer import load_tokenizer
+from cloc_mllm.eval.periodic import periodic_evaluator
 from cloc_mllm.training import NonFiniteLossError, train
 from cloc_mllm.training import checkpoint as ckpt
 from cloc_mllm.training.model import build_model
@@ -77,7 +78,9 @@ def test_cloc_trains_the_region_path_and_exports_the_tower(world, tmp_path):
         eval_max_images=4,
         export_vision_tower=True,
     )
-    final = train(config)
+    with pytest.raises(ValueError, match="eval_every needs an evaluator"):
+        train(config)
+    final = train(config, make_evaluator=periodic_evaluator)
     start, end = _initial_weights(config), model_weights(final)
     assert not torch.equal(
         start["prompter.region_projection.weight"], end["prompter.region_projection.weight"]

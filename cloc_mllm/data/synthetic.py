@@ -24,7 +24,7 @@ from PIL import Image
 from tqdm import tqdm
 from transformers import HfArgumentParser
 
-from ..mllm.box_text import format_box
+from ..box_text import format_box
 from ..visualize import draw_boxes, image_grid
 from .synthetic_scene import (
     SPLITS,

@@ -2,7 +2,8 @@
 
 Plain functions ``(model, tokenizer, data, ...) -> dict of metrics`` so pretraining can call them for
 periodic evaluation. Regions are embedded by the model's trained head (``head=None``) or, for CLIP, by
-``head="clip_roialign"`` (RoIAlign over the tower's tokens, CLIP's own projection). Boxes go to the
+a parameter-free read-out: ``head="clip_roialign"`` (RoIAlign over the last layer's tokens, CLIP's own
+projection; the paper's baseline) or ``"clip_maskclip"`` (the same over MaskCLIP's value tokens). Boxes go to the
 model frame through the image transform, and predicted boxes come back through its inverse, so every
 score is on the original image. Unreadable images are counted in ``counts``, never raised.
 """
@@ -130,7 +131,7 @@ def region_features(
         padded = torch.tensor([0.0, 0.0, 1.0, 1.0]).repeat(len(outs), k, 1)
         for row, o in enumerate(outs):
             padded[row, : len(o.boxes)] = o.boxes
-        tokens = model.get_vision_tokens(pixels.to(device, model.dtype))
+        tokens = model.get_region_tokens(pixels.to(device, model.dtype), head)  # (images, N, C)
         feats = model.get_region_features(
             vision_tokens=tokens, boxes=padded.to(device, tokens.dtype), head=head
         )

@@ -21,8 +21,8 @@ import re
 import numpy as np
 from lmms_eval.api.model import lmms
 
+from cloc_mllm.box_text import parse_boxes
 from cloc_mllm.eval.mllm_grounding import GROUNDING_PROMPT
-from cloc_mllm.mllm.box_text import parse_boxes
 
 MODEL_ID = "cloc_llava"
 # The instruction of lmms-eval's refcoco*_bbox_rec tasks (tasks/refcoco*/utils_rec.py), up to EXPR.

@@ -1,6 +1,6 @@
 """MLLM grounding: ask a finetuned LLaVA "Where is {expression}?" and score the box it writes.
 
-The answer is parsed by the tolerant :func:`~cloc_mllm.mllm.box_text.parse_boxes` (0-999, 0-1 or pixel
+The answer is parsed by the tolerant :func:`~cloc_mllm.box_text.parse_boxes` (0-999, 0-1 or pixel
 numbers; several boxes are a ranking for Recall@k). Boxes in answers are relative to the *original*
 image (docs/boxes.md), so they are scored against the annotation directly. An empty or unparseable answer
 is a miss, as in the published protocols; an unreadable image is counted and left out.
@@ -11,11 +11,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from cloc_mllm.box_text import parse_boxes
 from cloc_mllm.eval.benchmarks import GroundingBenchmark, GroundingItem, score_benchmark
 from cloc_mllm.eval.cache import cached_predict_benchmarks
 from cloc_mllm.eval.inputs import load_images
 from cloc_mllm.eval.sharding import Shard
-from cloc_mllm.mllm.box_text import parse_boxes
 
 # The first of the training data's grounding questions (cloc_mllm.data.synthetic), LLaVA-1.5 style.
 GROUNDING_PROMPT = "Where is {}?"

@@ -1,8 +1,9 @@
 """Referring (box -> phrase): ask what is in a box and score the words the MLLM gives back.
 
-One question per referred target (all its expressions are the references). The box goes in as Ferret
-text ``[x1, y1, x2, y2]``, or as a ``<region>`` token for models trained with region prompts (Ferret*,
-the Prompter's region embedding). Scores: exact match with a reference, the object's noun appearing in
+One question per referred target (all its expressions are the references), worded as the training
+data's first referring question (``instruct_builders.referring_prompt``). The box goes in as Ferret
+text ``[x1, y1, x2, y2]``, followed by a ``<region>`` token for models trained with region prompts
+(Ferret*'s hybrid mention: the text box and the Prompter's region embedding), exactly as in training. Scores: exact match with a reference, the object's noun appearing in
 the answer, word-overlap F1, and corpus CIDEr when ``pycocoevalcap`` is installed.
 """
 
@@ -17,11 +18,7 @@ from cloc_mllm.eval.cache import cached_predict_benchmarks
 from cloc_mllm.eval.inputs import load_images
 from cloc_mllm.eval.metrics import cider, exact_match, noun_match, token_f1
 from cloc_mllm.eval.sharding import Shard
-from cloc_mllm.mllm.box_text import format_box
-from cloc_mllm.mllm.templates import REGION_TOKEN
-
-# The first of the training data's referring questions (cloc_mllm.data.synthetic).
-REFERRING_PROMPT = "What is in {}?"
+from cloc_mllm.mllm.instruct_builders import referring_prompt
 
 
 def referring_rows(
@@ -31,7 +28,6 @@ def referring_rows(
     batch_size: int = 8,
     max_new_tokens: int = 32,
     use_regions: bool = False,
-    prompt: str = REFERRING_PROMPT,
 ) -> list[dict]:
     """One row per target: the answer and a status (``missing_image``, ``empty_answer`` or ``ok``)."""
     from cloc_mllm.mllm.inference import generate_answers
@@ -43,7 +39,7 @@ def referring_rows(
         width, height = sizes[i]
         x1, y1, x2, y2 = targets[i].box
         boxes.append((x1 / width, y1 / height, x2 / width, y2 / height))
-    prompts = [prompt.format(REGION_TOKEN if use_regions else format_box(box)) for box in boxes]
+    prompts = [referring_prompt(box, region_token=use_regions) for box in boxes]
     answers = generate_answers(
         model,
         processor,

@@ -7,10 +7,14 @@ model      ``grounding`` suite                          ``encoder`` suite
 CLOC       grounding head Acc@0.5 on every split        region recognition, region-text and
                                                         image-text retrieval, zero-shot
                                                         classification, grounding head
-CLIP       (no grounding head: evaluate via an MLLM)    the same, regions by RoIAlign over tokens
+CLIP       (no grounding head: evaluate via an MLLM)    the same, regions by a CLIP read-out
+                                                        (``--region_head``)
 MLLM       "Where is ...?" Acc@0.5 (+ Recall@k), and    (not an encoder)
            referring (box -> phrase)
 =========  ===========================================  ==========================================
+
+``regions`` is the encoder suite's region part alone (region recognition, region-text retrieval):
+another region head of a model already evaluated, without repeating what does not depend on it.
 
 Grounding predictions are sharded over ``torchrun`` ranks, gathered, and cached per model fingerprint
 so a rerun resumes; encoder evaluations run on rank 0. Rank 0 writes the report.
@@ -38,7 +42,7 @@ from cloc_mllm.eval.fingerprint import data_fingerprints, files_digest, model_fi
 from cloc_mllm.eval.sharding import Shard, barrier, init_distributed
 
 logger = logging.getLogger(__name__)
-SUITES = ("grounding", "encoder", "all")
+SUITES = ("grounding", "encoder", "regions", "all")
 
 
 @dataclass
@@ -71,7 +75,7 @@ class EvalArguments:
     )
     region_head: str | None = field(
         default=None,
-        metadata={"help": "Region head: default the model's own; clip_roialign for a plain CLIP."},
+        metadata={"help": "Region head: default the model's own; for a plain CLIP clip_roialign (default, the paper's baseline) or clip_maskclip."},
     )
     image_mode: str = field(
         default="resize", metadata={"help": "Encoder preprocessing: resize | pad (never crop)."}
@@ -235,7 +239,7 @@ def run_evaluation(args: EvalArguments) -> dict | None:
     rows: dict[str, dict] = {}
     if args.suite in ("grounding", "all") or loaded.kind == "cloc":
         rows = _grounding(args, loaded, benchmarks, cache_dir, shard, timer, results)
-    if args.suite in ("encoder", "all") and shard.is_main:
+    if args.suite in ("encoder", "regions", "all") and shard.is_main:
         _encoder(args, loaded, benchmarks, paths, timer, results)
     barrier(shard)
     if not shard.is_main:
@@ -325,7 +329,8 @@ def _encoder(args, loaded, benchmarks, paths: DataPaths, timer, results) -> None
             encoder.TEMPLATE_SETS[args.templates],
         )
         out["region_recognition"]["head"] = head or model.config.region_head
-        _patch_probe(args, model, detection, paths, transform, timer, out, results)
+        if args.suite != "regions":
+            _patch_probe(args, model, detection, paths, transform, timer, out, results)
     else:
         results["unavailable"]["region_recognition"] = f"no {det_json}"
     if benchmarks:
@@ -336,6 +341,9 @@ def _encoder(args, loaded, benchmarks, paths: DataPaths, timer, results) -> None
                 for b in benchmarks
             },
         )
+    if args.suite == "regions":
+        results["encoder"] = out
+        return
     if cap_json.is_file():
         images = load_coco_captions(cap_json, paths.coco / args.coco_split)[: args.limit]
         out["image_text_retrieval"] = timer.run(

@@ -10,8 +10,8 @@ from collections.abc import Sequence
 
 from PIL import Image
 
+from cloc_mllm.box_text import parse_boxes
 from cloc_mllm.data.images import upright_rgb
-from cloc_mllm.mllm.box_text import parse_boxes
 from cloc_mllm.mllm.inference import generate_answers, load_mllm
 from cloc_mllm.visualize import draw_boxes
 

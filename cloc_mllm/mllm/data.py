@@ -21,8 +21,8 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase, ProcessorMixin
 
+from cloc_mllm.box_text import BOX_TEXT_SCALE
 from cloc_mllm.data.images import upright_rgb
-from cloc_mllm.mllm.box_text import BOX_TEXT_SCALE
 from cloc_mllm.mllm.region_prompts import boxes_to_model_frame, region_boxes_tensor
 from cloc_mllm.mllm.templates import IMAGE_TOKEN, REGION_TOKEN, render_with_answer_spans, to_messages
 
@@ -176,6 +176,7 @@ class LazySupervisedDataset(Dataset):
         self.processor = processor
         self.num_image_tokens = num_image_tokens
         self.image_token_id = processor.tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+        self.has_region_token = REGION_TOKEN in processor.tokenizer.get_vocab()  # once: a 49k-entry dict
         self.stats = DataStats()
         self.records: list[dict] = []
         self.lengths: list[int] = []
@@ -235,7 +236,7 @@ class LazySupervisedDataset(Dataset):
     def _check_regions(self, record: dict, conversations: list[dict]) -> None:
         """``regions``: one normalised xyxy box per ``<region>`` placeholder, in order; needs an image."""
         regions = record["regions"]
-        if REGION_TOKEN not in self.processor.tokenizer.get_vocab():
+        if not self.has_region_token:
             raise ValueError("has regions, but the model was built without region prompts")
         if "image" not in record:
             raise ValueError("regions need an image")

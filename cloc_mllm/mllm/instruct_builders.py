@@ -26,9 +26,9 @@ from pathlib import Path
 from PIL import Image
 
 from cloc_mllm.atomic_io import write_text_atomic
+from cloc_mllm.box_text import format_box, format_box_numbers
 from cloc_mllm.data.flickr30k import FlickrPhrase, load_flickr30k_entities
 from cloc_mllm.data.refer import RefRecord, load_refer
-from cloc_mllm.mllm.box_text import format_box, format_box_numbers
 from cloc_mllm.mllm.templates import IMAGE_TOKEN, REGION_TOKEN
 
 GROUNDING_QUESTIONS = ("Where is {}?", "Give the box of {}.", "Locate {} in the image.")

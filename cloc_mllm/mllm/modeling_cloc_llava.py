@@ -19,6 +19,7 @@ from transformers import (
 
 from cloc_mllm.mllm.projector import MLPProjector, is_plain_llava_projector, projector_depth
 from cloc_mllm.mllm.region_prompts import NO_BOX, RegionEncoder
+from cloc_mllm.prompter import restore_geometry
 
 
 @strict
@@ -60,6 +61,15 @@ class ClocLlavaForConditionalGeneration(LlavaForConditionalGeneration):
             self.model.region_encoder = make_region_encoder(config)
         self.post_init()
 
+    @torch.no_grad()
+    def initialize_weights(self) -> None:
+        super().initialize_weights()
+        # ``self.model`` is a sub-model (LlavaModel) that applies its own ``_init_weights``, which knows
+        # nothing of the region encoder: its Prompter's unsaved geometry buffers are rebuilt here
+        if getattr(self.model, "region_encoder", None) is not None:
+            for module in self.model.region_encoder.modules():
+                restore_geometry(module)
+
     def forward(
         self,
         input_ids: Tensor | None = None,
@@ -68,6 +78,11 @@ class ClocLlavaForConditionalGeneration(LlavaForConditionalGeneration):
         region_boxes: Tensor | None = None,
         **kwargs,
     ):
+        if region_boxes is None and self._region_encoder_trains(pixel_values, input_ids):
+            # a batch without <region> still runs the region encoder (on a padded row, so with zero
+            # gradient): every rank's backward must reach the same parameters, or DeepSpeed's (and
+            # DDP's) bucketed gradient reductions disagree in size between ranks
+            region_boxes = torch.full((pixel_values.shape[0], 1, 4), NO_BOX, device=pixel_values.device)
         # Only the prefill sees pixel_values; later decoding steps are plain Llava steps.
         if region_boxes is not None and pixel_values is not None and input_ids is not None:
             inputs_embeds = self._embed_with_regions(input_ids, pixel_values, region_boxes)
@@ -75,6 +90,14 @@ class ClocLlavaForConditionalGeneration(LlavaForConditionalGeneration):
         return super().forward(
             input_ids=input_ids, pixel_values=pixel_values, inputs_embeds=inputs_embeds, **kwargs
         )
+
+    def _region_encoder_trains(self, pixel_values: Tensor | None, input_ids: Tensor | None) -> bool:
+        encoder = getattr(self.model, "region_encoder", None)
+        return (
+            encoder is not None and self.training and torch.is_grad_enabled()
+            and pixel_values is not None and input_ids is not None
+            and any(p.requires_grad for p in encoder.parameters())
+        )  # fmt: skip
 
     def _embed_with_regions(self, input_ids: Tensor, pixel_values: Tensor, region_boxes: Tensor) -> Tensor:
         """Token embeddings (B, L, H) with image features and region embeddings in their placeholders.

@@ -7,6 +7,7 @@ that projector and tunes the LLM fully or with LoRA / QLoRA (``--lora_enable``, 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -32,7 +33,7 @@ from cloc_mllm.mllm.lora import PROJECTOR, apply_lora, quantization_config
 from cloc_mllm.mllm.modeling_cloc_llava import region_features_trainable
 from cloc_mllm.mllm.projector import projector_depth
 from cloc_mllm.mllm.sampler import ModalityLengthGroupedSampler
-from cloc_mllm.training.distributed import leave_process_group
+from cloc_mllm.training.distributed import deepspeed_broadcast_of_scalars, leave_process_group
 
 logger = logging.getLogger(__name__)
 PROJECTOR_FILE = "mm_projector.safetensors"
@@ -311,7 +312,8 @@ def train(model_args: ModelArguments, data_args: DataArguments, training_args: T
         projector_only=model_args.tune_mm_mlp_adapter,
         modality_lengths=dataset.modality_lengths if training_args.group_by_modality_length else None,
     )
-    result = trainer.train(resume_from_checkpoint=last_complete_checkpoint(training_args.output_dir))
+    with deepspeed_broadcast_of_scalars(model) if training_args.deepspeed else contextlib.nullcontext():
+        result = trainer.train(resume_from_checkpoint=last_complete_checkpoint(training_args.output_dir))
     trainer.save_model(training_args.output_dir)
     metrics = dict(result.metrics)
     metrics["train_tokens_per_second"] = trainer.state.num_input_tokens_seen / max(

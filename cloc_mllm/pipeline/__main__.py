@@ -1,8 +1,9 @@
 """The main job in one command: ``python -m cloc_mllm.pipeline --profile quick``.
 
-Makes the synthetic world, pretrains CLOC and a CLIP-only baseline on the same data, steps and seed,
-exports both towers, trains a LLaVA on each (LLaVA-1.5's two stages with DeepSpeed, on one pretrained
-LLM: SmolLM2-135M-Instruct from its wheel by default), evaluates all four, and writes
+Makes the synthetic world, pretrains CLOC and a CLIP-only baseline on the same data, steps and seed
+(and CLIP with CLOC's region phrases as extra texts, the equal-supervision control), exports the
+towers, trains a LLaVA on CLIP's and CLOC's (LLaVA-1.5's two stages with DeepSpeed, on one pretrained
+LLM: SmolLM2-135M-Instruct from its wheel by default), evaluates them all, and writes
 ``OUT/report.md`` + ``report.json`` + plots. Re-running resumes at the first unfinished stage.
 """
 
@@ -62,7 +63,8 @@ def run_pipeline(config: PipelineConfig) -> dict:
     if config.vesl_detector:
         timed(run / "vesl", "vesl", lambda: stages.pseudo_label(config, world, run / "vesl"))
     shards = stages.train_shards(config, run)
-    for loss in stages.ENCODERS:
+    pretrainings = (*stages.ENCODERS, stages.CONTROL) if config.retrieval_control else stages.ENCODERS
+    for loss in pretrainings:
         out = run / "pretrain" / loss
         timed(out, f"pretrain_{loss}", lambda out=out, loss=loss: stages.pretrain(config, loss, shards, world / "tokenizer", out))
 
@@ -78,19 +80,33 @@ def run_pipeline(config: PipelineConfig) -> dict:
                 config, llm, tower, data, world / "refer", adapter, projector_only=True))
         timed(out, f"finetune_{loss}", lambda tower=tower, out=out, adapter=adapter: stages.finetune(
             config, llm, tower, data, world / "refer", out, projector_only=False, adapter=adapter))
+    ferret = run / "finetune" / "llava_cloc_regions"
+    if config.ferret_star:  # LLaVA-CLOC again, with the Prompter's region token after each referred box
+        region_data = run / "finetune" / "train_regions.json"
+        timed(run / "finetune" / "data_regions", "instruction_data_regions",
+              lambda: stages.instruction_data(config, world, region_data, kinds, region_token=True))
+        adapter = run / "finetune" / "align_cloc" if config.align_steps else None
+        timed(ferret, "finetune_cloc_regions", lambda: stages.finetune(
+            config, llm, stages.final_checkpoint(run / "pretrain" / "cloc"), region_data, world / "refer", ferret,
+            projector_only=False, adapter=adapter, region_prompts=True))
 
     evaluations = {
         "clip": (stages.final_checkpoint(run / "pretrain" / "clip"), "encoder", "clip_roialign"),
+        # the CLIP baseline's strongest fair region read-out (its last layer's patch outputs are untrained)
+        "clip_maskclip": (stages.final_checkpoint(run / "pretrain" / "clip"), "regions", "clip_maskclip"),
         "cloc": (stages.final_checkpoint(run / "pretrain" / "cloc"), "all", None),
+        **({stages.CONTROL: (stages.final_checkpoint(run / "pretrain" / stages.CONTROL), "encoder", "clip_maskclip")}
+           if config.retrieval_control else {}),
         "llava_clip": (run / "finetune" / "llava_clip", "grounding", None),
         "llava_cloc": (run / "finetune" / "llava_cloc", "grounding", None),
+        **({"llava_cloc_regions": (ferret, "grounding", None)} if config.ferret_star else {}),
     }
     metrics = {}
     for name, (model, suite, head) in evaluations.items():
         out = run / "eval" / name
         timed(out, f"eval_{name}", lambda model=model, out=out, suite=suite, head=head: stages.evaluate(config, model, world, out, suite, head))
         metrics[name] = stages.read_results(out)
-    logs = {loss: _read_jsonl(run / "pretrain" / loss / "train_log.jsonl") for loss in stages.ENCODERS}
+    logs = {loss: _read_jsonl(run / "pretrain" / loss / "train_log.jsonl") for loss in pretrainings}
     llm_source = json.loads((llm / SOURCE_FILE).read_text())
     report = write_report(run, asdict(config), metrics, logs, timings, llm_source)
     logger.info("report: %s", run / "report.md")

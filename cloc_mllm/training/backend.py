@@ -11,15 +11,13 @@ import contextlib
 import json
 from pathlib import Path
 from typing import Any
-from unittest import mock
 
 import torch
-import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 from .config import PretrainConfig
-from .distributed import DistContext
+from .distributed import DistContext, deepspeed_broadcast_of_scalars
 from .optim import (
     TEMPERATURE_NAMES,
     adamw_kernel,
@@ -131,7 +129,6 @@ class DeepSpeedBackend:
 
     def __init__(self, model: nn.Module, config: PretrainConfig, ctx: DistContext):
         import deepspeed
-        from deepspeed.runtime.engine import DeepSpeedEngine
 
         self.model, self.config = model, config
         groups = param_groups(model, config.weight_decay)
@@ -139,11 +136,7 @@ class DeepSpeedBackend:
         ds_config["optimizer"]["params"].update(
             adamw_kernel([p for group in groups for p in group["params"]])
         )
-        # DeepSpeed (0.19) broadcasts rank 0's weights through a uint8 view, which fails on 0-d
-        # tensors such as the temperatures; broadcast them ourselves and skip its broadcast.
-        for param in model.parameters():
-            dist.broadcast(param.data, src=0)
-        with mock.patch.object(DeepSpeedEngine, "_broadcast_model", lambda engine: None):
+        with deepspeed_broadcast_of_scalars(model):
             self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
                 model=model,
                 model_parameters=groups,

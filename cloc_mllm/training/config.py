@@ -20,10 +20,11 @@ from typing import Any
 import yaml
 
 from cloc_mllm.atomic_io import write_text_atomic
+from cloc_mllm.configuration_cloc import LOSS_MODES, TRAINED_REGION_HEADS
 
 CHOICES = {
-    "loss": ("cloc", "clip"),
-    "region_head": ("prompter", "roialign"),
+    "loss": LOSS_MODES,
+    "region_head": TRAINED_REGION_HEADS,
     "precision": ("auto", "bf16", "fp32"),
     "device": ("auto", "cpu", "cuda"),
     "image_mode": ("resize", "pad", "center_crop"),
@@ -68,7 +69,10 @@ class PretrainConfig:
     init_from_clip: str = field(
         default="", metadata=_help("HF CLIPModel dir/id to start from (continued pretraining).")
     )
-    loss: str = field(default="cloc", metadata=_help("cloc = CLIP + region + grounding; clip = baseline."))
+    loss: str = field(default="cloc", metadata=_help(
+        "cloc = CLIP + region + grounding; clip = baseline; clip_phrases = CLIP with the region phrases as "
+        "extra texts of their whole image (the equal-supervision control)."
+    ))
     region_head: str = field(default="prompter", metadata=_help("prompter (CLOC) or roialign (ablation)."))
     gradient_checkpointing: bool = field(default=False, metadata=_help("Recompute activations."))
     # ---- data ----

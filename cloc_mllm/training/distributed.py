@@ -6,11 +6,14 @@ multi-node runs differ only in those values. CPU runs use gloo, GPU runs nccl.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from unittest import mock
 
 import torch
 import torch.distributed as dist
@@ -145,3 +148,18 @@ def sum_counters(counter: Counter) -> Counter:
     for part in parts:
         total.update(part)
     return total
+
+
+@contextlib.contextmanager
+def deepspeed_broadcast_of_scalars(model: torch.nn.Module) -> Iterator[None]:
+    """Around ``deepspeed.initialize`` (directly or through the HF Trainer): DeepSpeed (0.19)
+    broadcasts rank 0's weights through a uint8 view, which fails on 0-d parameters (CLOC's
+    temperatures, the Prompter's bias scales). Every parameter is broadcast here as it is and
+    DeepSpeed's own broadcast is skipped: the same weights on every rank, no view needed."""
+    from deepspeed.runtime.engine import DeepSpeedEngine
+
+    if dist.is_available() and dist.is_initialized():
+        for param in model.parameters():
+            dist.broadcast(param.data, src=0)
+    with mock.patch.object(DeepSpeedEngine, "_broadcast_model", lambda engine: None):
+        yield

@@ -15,11 +15,13 @@ import os
 import random
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
+from transformers import PreTrainedTokenizerBase
 
 from cloc_mllm.atomic_io import atomic_output_dir
 
@@ -27,13 +29,13 @@ from ..data.collate import CLOCCollator
 from ..data.shards import expand_urls
 from ..data.tokenizer import load_tokenizer
 from ..data.transforms import ImageTransform
+from ..modeling_cloc import CLOCModel
 from . import checkpoint as ckpt
 from .backend import build_backend
 from .config import PretrainConfig
 from .data import MicroBatches, StreamDataset, rank_streams
 from .defaults import choose_streams, choose_tokenizer
 from .distributed import DistContext, all_reduce_sum, autocast_dtype, init_distributed, shutdown, sum_counters
-from .evaluation import PeriodicEval
 from .model import build_model, freeze_unused_parameters, load_model_weights
 from .monitor import RunMonitor
 from .optim import temperatures
@@ -47,12 +49,25 @@ class NonFiniteLossError(RuntimeError):
     """The loss or the gradient norm became inf/nan; no update was applied."""
 
 
-def train(config: PretrainConfig) -> Path:
-    """Train (or resume, per ``config.resume``) and return the final checkpoint directory."""
+# (config, tokenizer, eval transform) -> (model -> {metric: value}); e.g. eval.periodic.periodic_evaluator
+EvaluatorFactory = Callable[[PretrainConfig, PreTrainedTokenizerBase, ImageTransform], Callable[[CLOCModel], dict]]
+
+
+def train(config: PretrainConfig, make_evaluator: EvaluatorFactory | None = None) -> Path:
+    """Train (or resume, per ``config.resume``) and return the final checkpoint directory.
+
+    ``make_evaluator`` builds the periodic evaluation of ``config.eval_every`` (on rank 0); the
+    pretraining command passes ``cloc_mllm.eval.periodic.periodic_evaluator``.
+    """
     config.validate()
+    if config.eval_every and make_evaluator is None:
+        raise ValueError(
+            "PretrainConfig.eval_every needs an evaluator: train(config, make_evaluator=...), e.g. "
+            "cloc_mllm.eval.periodic.periodic_evaluator (the pretraining command passes it)"
+        )
     ctx = init_distributed(config.device, deepspeed=bool(config.deepspeed))
     try:
-        return Trainer(config, ctx).fit()
+        return Trainer(config, ctx, make_evaluator).fit()
     finally:
         shutdown(ctx)
 
@@ -103,7 +118,7 @@ def resolve_defaults(
 
 
 class Trainer:
-    def __init__(self, config: PretrainConfig, ctx: DistContext):
+    def __init__(self, config: PretrainConfig, ctx: DistContext, make_evaluator: EvaluatorFactory | None = None):
         self.ctx = ctx
         urls = expand_urls(config.train_shards)
         if not urls:
@@ -147,7 +162,11 @@ class Trainer:
             logger.info("resumed from %s at step %d", self.resume_from, self.step)
         self.data = self._build_data(urls, positions)
         self.data.stats.update(stats)
-        self.evaluator = self._build_evaluator() if config.eval_every and ctx.is_main else None
+        self.evaluator = (
+            make_evaluator(config, self.tokenizer, self.transform)
+            if config.eval_every and make_evaluator is not None and ctx.is_main
+            else None
+        )
 
     # ---- set-up ---------------------------------------------------------------------------------
     def _build_data(self, urls: list[str], positions: Tensor) -> MicroBatches:
@@ -172,17 +191,6 @@ class Trainer:
             config.resample,
         )
         return MicroBatches(dataset, config.num_workers, pin_memory=self.ctx.device.type == "cuda")
-
-    def _build_evaluator(self) -> PeriodicEval:
-        mode = "resize" if self.config.image_mode == "center_crop" else self.config.image_mode
-        transform = ImageTransform(self.transform.processor, mode)
-        return PeriodicEval(
-            self.config.eval_coco,
-            self.config.eval_split,
-            self.tokenizer,
-            transform,
-            self.config.eval_max_images,
-        )
 
     def _restore_rng(self) -> None:
         path = ckpt.rng_file(self.resume_from, self.ctx.rank)

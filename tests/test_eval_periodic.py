@@ -4,7 +4,7 @@ import torch
 from cloc_mllm.data.tokenizer import load_tokenizer
 from cloc_mllm.data.transforms import ImageTransform
 from cloc_mllm.eval import encoder
-from cloc_mllm.training.evaluation import PeriodicEval
+from cloc_mllm.eval.periodic import PeriodicEval
 from cloc_mllm.training.model import build_model
 
 from .pretrain_utils import tiny_config, tiny_world
@@ -25,7 +25,7 @@ def test_scores_the_held_out_split_with_the_eval_code(world, tmp_path, monkeypat
     heads = []
     recognition = encoder.region_recognition
     monkeypatch.setattr(
-        "cloc_mllm.training.evaluation.region_recognition",
+        "cloc_mllm.eval.periodic.region_recognition",
         lambda *args, **kwargs: heads.append(kwargs["head"]) or recognition(*args, **kwargs),
     )
     model.train()

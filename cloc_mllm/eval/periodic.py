@@ -1,5 +1,8 @@
 """Periodic evaluation during pretraining on a held-out COCO-format split, through the same encoder
-metrics as ``eval/`` (``cloc_mllm.eval.encoder``): region recognition and image-text retrieval."""
+metrics as ``eval/`` (``cloc_mllm.eval.encoder``): region recognition and image-text retrieval.
+
+The trainer does not import this: the pretraining command hands ``periodic_evaluator`` to
+``training.train`` (any ``(config, tokenizer, transform) -> (model -> metrics)`` callable will do)."""
 
 from __future__ import annotations
 
@@ -11,8 +14,9 @@ from transformers import PreTrainedTokenizerBase
 
 from ..data.coco import load_coco_captions, load_coco_detection
 from ..data.transforms import ImageTransform
-from ..eval.encoder import image_text_retrieval, region_recognition
 from ..modeling_cloc import CLOCModel
+from ..training.config import PretrainConfig
+from .encoder import image_text_retrieval, region_recognition
 
 logger = logging.getLogger(__name__)
 
@@ -47,9 +51,21 @@ class PeriodicEval:
 
     def __call__(self, model: CLOCModel) -> dict[str, float]:
         """Flat ``{name: value}`` metrics (percent or fractions as the metric functions give them)."""
-        head = "clip_roialign" if model.config.loss_mode == "clip" else None
+        head = "clip_roialign" if model.config.loss_mode != "cloc" else None  # no trained region head
         regions = region_recognition(model, self.tokenizer, self.detection, self.transform, head=head)
         retrieval = image_text_retrieval(model, self.tokenizer, self.captions, self.transform)
         metrics = {"region_mAcc": regions["mAcc"], "region_acc": regions["acc"]}
         metrics.update({k: v for k, v in retrieval.items() if k.startswith(("t2i_", "i2t_"))})
         return {k: float(v) for k, v in metrics.items()}
+
+
+def periodic_evaluator(
+    config: PretrainConfig, tokenizer: PreTrainedTokenizerBase, transform: ImageTransform
+) -> PeriodicEval:
+    """The pretraining's evaluator from its config (``eval_coco``, ``eval_split``, ``eval_max_images``);
+    ``transform`` is the training one, with a centre crop replaced by a resize (a crop would cut
+    the boxes being scored)."""
+    mode = "resize" if transform.mode == "center_crop" else transform.mode
+    return PeriodicEval(
+        config.eval_coco, config.eval_split, tokenizer, ImageTransform(transform.processor, mode), config.eval_max_images
+    )
