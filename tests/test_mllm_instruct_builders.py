@@ -114,6 +114,9 @@ def test_cli_writes_json_the_dataset_accepts(world, tmp_path):
 
 def test_eval_prompts_are_training_templates():
     assert grounding_prompt("the red circle") == "Where is the red circle?"
+    # a capital that only starts a Flickr30k phrase is lowered, as the training turns do; "TV" is kept
+    assert grounding_prompt("The green circle") == "Where is the green circle?"
+    assert grounding_prompt("TV screen", "Locate {} in the image.") == "Locate TV screen in the image."
     assert referring_prompt((0, 0, 0.5, 0.5), region_token=True) == "What is in [0, 0, 500, 500] <region>?"
     with pytest.raises(ValueError, match="kinds must be"):
         facts_to_conversations([], "x", kinds=["captioning"])

@@ -23,6 +23,7 @@ from lmms_eval.api.model import lmms
 
 from cloc_mllm.box_text import parse_boxes
 from cloc_mllm.eval.mllm_grounding import GROUNDING_PROMPT
+from cloc_mllm.mllm.instruct_builders import grounding_prompt
 
 MODEL_ID = "cloc_llava"
 # The instruction of lmms-eval's refcoco*_bbox_rec tasks (tasks/refcoco*/utils_rec.py), up to EXPR.
@@ -48,7 +49,7 @@ def unit_box_text(box) -> str:
 def native_request(context: str, question: str = GROUNDING_PROMPT) -> str | None:
     """The trained grounding question for a REC task prompt, or None for any other prompt."""
     match = _REC_PROMPT.search(context.strip())
-    return question.format(match.group("expr").strip()) if match else None
+    return grounding_prompt(match.group("expr").strip(), question) if match else None
 
 
 class ClocLlava(lmms):

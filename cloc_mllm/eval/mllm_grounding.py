@@ -16,9 +16,10 @@ from cloc_mllm.eval.benchmarks import GroundingBenchmark, GroundingItem, score_b
 from cloc_mllm.eval.cache import cached_predict_benchmarks
 from cloc_mllm.eval.inputs import load_images
 from cloc_mllm.eval.sharding import Shard
+from cloc_mllm.mllm.instruct_builders import GROUNDING_QUESTIONS, grounding_prompt
 
-# The first of the training data's grounding questions (cloc_mllm.data.synthetic), LLaVA-1.5 style.
-GROUNDING_PROMPT = "Where is {}?"
+# The first of the training data's grounding questions (LLaVA-1.5 style), as a template.
+GROUNDING_PROMPT = GROUNDING_QUESTIONS[0]
 
 
 def mllm_grounding_rows(
@@ -38,7 +39,7 @@ def mllm_grounding_rows(
         model,
         processor,
         [images[i] for i in readable],
-        [prompt.format(items[i].text) for i in readable],
+        [grounding_prompt(items[i].text, prompt) for i in readable],
         max_new_tokens=max_new_tokens,
         batch_size=batch_size,
     )

@@ -39,9 +39,10 @@ KINDS = (*CHAT_KINDS, "phrase")
 Box = tuple[float, float, float, float]
 
 
-def grounding_prompt(expression: str) -> str:
-    """The grounding question used for evaluation: the first training template."""
-    return GROUNDING_QUESTIONS[0].format(expression)
+def grounding_prompt(expression: str, template: str = GROUNDING_QUESTIONS[0]) -> str:
+    """The grounding question used for evaluation: the first training template, the expression put
+    mid-sentence exactly as in training ("The green circle" -> "Where is the green circle?")."""
+    return template.format(mid_sentence(expression))
 
 
 def referring_prompt(box: Box, region_token: bool = False) -> str:
@@ -62,7 +63,7 @@ def _box_mention(box: Box, region_token: bool) -> str:
     return f"{format_box(box)} {REGION_TOKEN}" if region_token else format_box(box)
 
 
-def _mid_sentence(expression: str) -> str:
+def mid_sentence(expression: str) -> str:
     """Lower-case a capital that only marks a sentence start ("The dog" -> "the dog", not "TV")."""
     if expression[:1].isupper() and not expression[1:2].isupper():
         return expression[0].lower() + expression[1:]
@@ -105,9 +106,9 @@ def _turn(fact: Fact, kind: str, rng: random.Random, region_token: bool) -> tupl
     if kind == "phrase":
         # The leading space makes the first word tokenize as it does mid-sentence.
         answer = "; ".join(format_box_numbers(b) for b in fact.boxes)
-        return " " + _mid_sentence(fact.expression), answer, []
+        return " " + mid_sentence(fact.expression), answer, []
     if kind == "grounding":
-        question = rng.choice(GROUNDING_QUESTIONS).format(_mid_sentence(fact.expression))
+        question = rng.choice(GROUNDING_QUESTIONS).format(mid_sentence(fact.expression))
         return question, ", ".join(format_box(b) for b in fact.boxes), []
     box = fact.boxes[0]
     question = rng.choice(REFERRING_QUESTIONS).format(_box_mention(box, region_token))
