@@ -85,10 +85,16 @@ class CLOCModel(CLOCPreTrainedModel):
         self.logit_scale = nn.Parameter(torch.tensor(config.logit_scale_init_value))
         self.region_logit_scale = nn.Parameter(torch.tensor(config.region_logit_scale_init_value))
         self.logit_bias = nn.Parameter(torch.tensor(config.logit_bias_init_value))
-        self.prompter = Prompter(config.prompter_config, config.num_patches_per_side, config.projection_dim)
+        # Only CLOC's loss trains a region path: a CLIP-only or control model carries no Prompter (its
+        # regions are read out of the tower, ``clip_roialign`` / ``clip_maskclip``), and the RoIAlign
+        # head exists only where it is the trained head.
+        localized = config.loss_mode == "cloc"
+        self.prompter = (
+            Prompter(config.prompter_config, config.num_patches_per_side, config.projection_dim) if localized else None
+        )
         self.roialign_head = (
             RoIAlignRegionHead(self.vision_width, config.projection_dim, config.roialign_output_size)
-            if config.region_head == "roialign"
+            if localized and config.region_head == "roialign"
             else None
         )
         self.loss_fn = CLOCLoss(
@@ -189,17 +195,27 @@ class CLOCModel(CLOCPreTrainedModel):
                 raise ValueError("get_region_features needs pixel_values or vision_tokens")
             vision_tokens = self.get_region_tokens(pixel_values, head)
         if head == "prompter":
-            embeds = self.prompter.encode_boxes(vision_tokens, boxes)
+            embeds = self.require_prompter().encode_boxes(vision_tokens, boxes)
         elif head == "roialign":
             if self.roialign_head is None:
                 raise ValueError(
-                    "this model was built with region_head='prompter'; it has no trained RoIAlign head"
+                    f"this model was built with loss_mode={self.config.loss_mode!r}, "
+                    f"region_head={self.config.region_head!r}; it has no trained RoIAlign head"
                 )
             embeds = self.roialign_head(vision_tokens, boxes)
         else:
             pooled = roi_pool_tokens(vision_tokens, boxes, self.config.roialign_output_size)
             embeds = self.visual_projection(self.vision_model.post_layernorm(pooled))
         return F.normalize(embeds, dim=-1) if normalize else embeds
+
+    def require_prompter(self) -> Prompter:
+        """The Prompter, or an error saying why this model has none (it was not trained with CLOC's loss)."""
+        if self.prompter is None:
+            raise ValueError(
+                f"this model was trained with loss_mode={self.config.loss_mode!r}: it has no Prompter (no "
+                "region embedding or grounding head); read its regions with head='clip_maskclip' or 'clip_roialign'"
+            )
+        return self.prompter
 
     def ground(
         self,
@@ -217,7 +233,7 @@ class CLOCModel(CLOCPreTrainedModel):
             vision_tokens = self.get_vision_tokens(pixel_values)
         if text_embeds is None:
             text_embeds = self.get_text_features(input_ids, attention_mask)
-        return self.prompter.ground(vision_tokens, text_embeds[:, None])[:, 0]
+        return self.require_prompter().ground(vision_tokens, text_embeds[:, None])[:, 0]
 
     # ----- training ------------------------------------------------------------------------------
     def forward(
@@ -233,8 +249,8 @@ class CLOCModel(CLOCPreTrainedModel):
     ) -> CLOCOutput:
         """Image/text embeddings and, in ``loss_mode="cloc"`` with regions given, region embeddings
         and grounded boxes for the valid regions (in ``"clip_phrases"``, the control, only the region
-        phrases' text embeddings). The arguments are the collator's batch keys exactly
-        (``CLOCCollator``): a misspelt key is a TypeError naming it, never a CLOC run trained as CLIP.
+        phrases' text embeddings). The arguments are the keys of ``cloc_mllm.batch.CLOCBatch``, the
+        collator's output, exactly: a misspelt key is a TypeError naming it, never a CLOC run trained as CLIP.
 
         region_boxes (B, M, 4) normalised xyxy in the model frame; region_input_ids / attention_mask
         (B, M, Lr); region_mask (B, M) bool marks real regions (padding is False).

@@ -55,6 +55,21 @@ def test_batch_shapes_masks_and_model_frame_boxes(tokenizer):
     assert collator.stats["images_without_regions"] == 1 and collator.stats["regions_used"] == 2
 
 
+def test_collator_model_and_declared_batch_agree_on_the_keys(tokenizer):
+    """One contract (cloc_mllm.batch.CLOCBatch): the collator fills exactly its keys and the model's
+    forward takes exactly them (and return_loss), so neither side can add or rename one alone."""
+    import inspect
+
+    from cloc_mllm import CLOCModel
+    from cloc_mllm.batch import CLOCBatch
+
+    batch = _collator(tokenizer)([_sample("a", [_region([8, 4, 40, 20])])])
+    declared = set(CLOCBatch.__annotations__)
+    assert set(batch) == declared == CLOCBatch.__required_keys__
+    taken = set(inspect.signature(CLOCModel.forward).parameters) - {"self", "return_loss"}
+    assert taken == declared
+
+
 def test_bad_regions_are_counted_never_used(tokenizer):
     collator = _collator(tokenizer, max_regions=8)
     regions = [

@@ -38,8 +38,27 @@ def test_clip_mode_trains_no_region_parameters(tiny_config):
     out = model(**random_batch(config), return_loss=True)
     assert out.region_embeds is None and out.loss_region is None
     out.loss.backward()
-    assert all(p.grad is None for p in model.prompter.parameters())
+    assert model.prompter is None and model.roialign_head is None  # nothing built that no loss trains
     assert torch.allclose(out.loss, out.loss_clip)
+    boxes = torch.tensor([[[0.1, 0.1, 0.5, 0.5]]])
+    pixels = random_batch(config, batch_size=1)["pixel_values"]
+    assert model.get_region_features(pixel_values=pixels, boxes=boxes, head="clip_maskclip").shape == (1, 1, config.projection_dim)
+    with pytest.raises(ValueError, match="loss_mode='clip': it has no Prompter"):
+        model.get_region_features(pixel_values=pixels, boxes=boxes, head="prompter")
+    with pytest.raises(ValueError, match="no Prompter"):
+        model.ground(pixel_values=pixels, input_ids=torch.tensor([[1, 2]]))
+
+
+def test_clip_checkpoint_saved_with_a_prompter_still_loads(tiny_config, tmp_path):
+    """Checkpoints of CLIP-only runs made before the Prompter was left out hold its (untrained) weights."""
+    clip_config = CLOCConfig.from_dict({**tiny_config.to_dict(), "loss_mode": "clip"})
+    old = CLOCModel(tiny_config)
+    old.config = clip_config
+    old.save_pretrained(tmp_path)
+    loaded = CLOCModel.from_pretrained(tmp_path)
+    assert loaded.prompter is None
+    for name, tensor in loaded.state_dict().items():
+        torch.testing.assert_close(tensor, old.state_dict()[name], msg=name)
 
 
 def test_no_regions_anywhere_gives_clip_loss(tiny_config):

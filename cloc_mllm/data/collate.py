@@ -21,6 +21,7 @@ from PIL import Image
 from torch import Tensor
 from transformers import PreTrainedTokenizerBase
 
+from ..batch import CLOCBatch
 from ..box_ops import sanitize_boxes
 from .transforms import ImageTransform
 
@@ -57,11 +58,9 @@ def _region_candidates(meta: dict, width: float, height: float, stats: Counter) 
 
 @dataclass
 class CLOCCollator:
-    """Callable over a list of ``(key, image, meta)`` (e.g. ``shards.ShardSample``) giving the batch:
-
-    - ``pixel_values`` (B, 3, S, S); ``input_ids`` / ``attention_mask`` (B, L) captions
-    - ``region_boxes`` (B, M, 4) normalised xyxy in the *model* frame (after the transform)
-    - ``region_input_ids`` / ``region_attention_mask`` (B, M, Lr); ``region_mask`` (B, M) bool
+    """Callable over a list of ``(key, image, meta)`` (e.g. ``shards.ShardSample``) giving the
+    ``CLOCBatch`` (cloc_mllm.batch: keys and shapes) that ``CLOCModel.forward`` takes; boxes are in
+    the *model* frame (after the transform).
 
     ``meta`` is the shard json (docs/data_formats.md): pixel boxes relative to its ``width``/``height``.
     """
@@ -106,7 +105,7 @@ class CLOCCollator:
             self.stats["images_without_regions"] += 1
         return out.pixel_values, out.boxes[chosen], [phrases[i] for i in chosen]
 
-    def __call__(self, samples: Sequence[Any]) -> dict[str, Tensor]:
+    def __call__(self, samples: Sequence[Any]) -> CLOCBatch:
         if not samples:
             raise ValueError("CLOCCollator: empty batch")
         b, m = len(samples), self.max_regions
@@ -137,12 +136,12 @@ class CLOCCollator:
             max_length=self.region_max_length,
             return_tensors="pt",
         )
-        return {
-            "pixel_values": torch.stack(pixels),
-            "input_ids": text["input_ids"],
-            "attention_mask": text["attention_mask"],
-            "region_boxes": region_boxes,
-            "region_input_ids": regions["input_ids"].view(b, m, -1),
-            "region_attention_mask": regions["attention_mask"].view(b, m, -1),
-            "region_mask": region_mask,
-        }
+        return CLOCBatch(
+            pixel_values=torch.stack(pixels),
+            input_ids=text["input_ids"],
+            attention_mask=text["attention_mask"],
+            region_boxes=region_boxes,
+            region_input_ids=regions["input_ids"].view(b, m, -1),
+            region_attention_mask=regions["attention_mask"].view(b, m, -1),
+            region_mask=region_mask,
+        )

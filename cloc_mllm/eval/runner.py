@@ -277,6 +277,12 @@ def _grounding(args, loaded, benchmarks, cache_dir, shard, timer, results) -> di
             "a plain CLIP has no grounding head; evaluate it through an MLLM"
         )
         return {}
+    if loaded.kind == "cloc" and loaded.model.prompter is None:
+        results["unavailable"]["grounding"] = (
+            f"trained with loss_mode={loaded.model.config.loss_mode!r}: no Prompter, so no grounding head; "
+            "evaluate it through an MLLM"
+        )
+        return {}
     if loaded.kind == "cloc":
         transform = encoder.encoder_transform(loaded.model, args.model, args.image_mode)
         results["grounding_source"] = "CLOC grounding head"

@@ -257,7 +257,7 @@ def assemble_llava(
         from cloc_mllm.mllm.modeling_cloc_llava import make_region_encoder
 
         model.model.region_encoder = make_region_encoder(config).to(dtype)
-        model.model.region_encoder.prompter.load_state_dict(cloc.prompter.state_dict())
+        model.model.region_encoder.prompter.load_state_dict(cloc.require_prompter().state_dict())
     for attr in ("hf_quantizer", "is_loaded_in_4bit", "is_loaded_in_8bit", "quantization_method"):
         if hasattr(llm, attr):  # lets peft prepare the quantised LLM inside the wrapper
             setattr(model, attr, getattr(llm, attr))

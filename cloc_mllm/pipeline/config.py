@@ -27,11 +27,13 @@ PROFILES: dict[str, dict] = {
         benchmarks="refcoco_testA,refcoco_testB,flickr30k_test",
     ),
     "reproduce": dict(
-        num_train=6000, num_val=200, num_test=400, pretrain_steps=3500, pretrain_batch_size=48, warmup_steps=100,
-        # measured at batch 16 on two CPU ranks, 4 layers: stage 1 ~2 s a step, stage 2 ~3.6 s (whole LLM);
-        # 2 x (300 x 2 + 600 x 3.6) s ~ 1.5 h of LLaVA training after the pretrainings (not yet run)
-        llm_layers=4, align_steps=300, align_lr=2e-3, finetune_steps=600, finetune_lr=5e-4, finetune_batch_size=16,
-        lora_r=0, eval_limit=400,
+        # sized to the two hours on this 2-core machine from the quick profile's idle stage times:
+        # pretraining ~0.2-0.4 s a step at batch 48 (three towers ~30 min; the Prompter's tower reached 76%
+        # region recognition at 1000 steps, docs/results/towers_1000_steps), LLaVA stage 1 ~1.6 s and stage 2
+        # ~2.8 s a step at batch 16 on two CPU ranks, 4 layers: 2 x 150 x 1.6 + 3 x 300 x 2.8 s ~ 50 min
+        num_train=6000, num_val=200, num_test=400, pretrain_steps=2000, pretrain_batch_size=48, warmup_steps=100,
+        llm_layers=4, align_steps=150, align_lr=2e-3, finetune_steps=300, finetune_lr=5e-4, finetune_batch_size=16,
+        lora_r=0, eval_limit=200,
         benchmarks="refcoco_val,refcoco_testA,refcoco_testB,refcoco+_val,refcoco+_testA,refcoco+_testB,"
         "refcocog_val,refcocog_test,flickr30k_val,flickr30k_test",
     ),

@@ -47,7 +47,8 @@ class Claim:
     target_met: bool | None
 
 
-def _get(results: dict, *keys: str) -> float | None:
+def metric_at(results: dict, *keys: str) -> float | None:
+    """``results[k1][k2]...`` as a float, None where a key is missing or the value is not a number."""
     for key in keys:
         if not isinstance(results, dict) or key not in results:
             return None
@@ -56,7 +57,7 @@ def _get(results: dict, *keys: str) -> float | None:
 
 
 def _mean_grounding(results: dict, splits: list[str]) -> float | None:
-    values = [_get(results, "grounding", s, "any", "acc@0.5") for s in splits]
+    values = [metric_at(results, "grounding", s, "any", "acc@0.5") for s in splits]
     values = [v for v in values if v is not None]
     return sum(values) / len(values) if values else None
 
@@ -70,8 +71,8 @@ def build_claims(metrics: dict[str, dict]) -> list[Claim]:
     clip, cloc = metrics["clip"], metrics["cloc"]
     claims = []
     fair = "clip_maskclip" in metrics  # the CLIP baseline's strongest fair read-out, when evaluated
-    r_clip = _get(metrics["clip_maskclip"] if fair else clip, "encoder", "region_recognition", "acc")
-    r_cloc = _get(cloc, "encoder", "region_recognition", "acc")
+    r_clip = metric_at(metrics["clip_maskclip"] if fair else clip, "encoder", "region_recognition", "acc")
+    r_cloc = metric_at(cloc, "encoder", "region_recognition", "acc")
     both = r_clip is not None and r_cloc is not None
     read_out = "MaskCLIP read-out of its tower" if fair else "RoIAlign over its last-layer tokens"
     claims.append(Claim(
@@ -80,7 +81,7 @@ def build_claims(metrics: dict[str, dict]) -> list[Claim]:
         both and r_cloc > r_clip, both and r_cloc >= REGION_MIN and r_cloc - r_clip >= REGION_MARGIN,
     ))  # fmt: skip
     for key, label in (("i2t_R@1", "image -> text"), ("t2i_R@1", "text -> image")):
-        a, b = _get(clip, "encoder", "image_text_retrieval", key), _get(cloc, "encoder", "image_text_retrieval", key)
+        a, b = metric_at(clip, "encoder", "image_text_retrieval", key), metric_at(cloc, "encoder", "image_text_retrieval", key)
         both = a is not None and b is not None
         # the paper's claim: CLOC keeps CLIP's image-level retrieval (about equal), the target: not below it
         claims.append(Claim(
@@ -128,7 +129,8 @@ def mllm_gap(metrics: dict[str, dict]) -> dict | None:
     return paired_bootstrap_gap(hits["llava_clip"], hits["llava_cloc"])
 
 
-def _fmt(value) -> str:
+def format_cell(value) -> str:
+    """A table cell: fractions in % with one decimal, booleans as yes/no, None as a dash."""
     if value is None:
         return "—"
     if isinstance(value, bool):
@@ -138,7 +140,7 @@ def _fmt(value) -> str:
 
 def _table(header: list[str], rows: list[list]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in rows]
+    lines += ["| " + " | ".join(format_cell(v) for v in row) + " |" for row in rows]
     return "\n".join(lines)
 
 
@@ -179,11 +181,11 @@ def plot_mllm_splits(metrics: dict[str, dict], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(8, 3.6))
     bars = (("llava_clip", "LLaVA-CLIP", "#8c8c8c"), ("llava_cloc", "LLaVA-CLOC", "#d95f02"), ("cloc", "CLOC grounding head", "#1b9e77"))
     for offset, (name, label, colour) in zip((-0.27, 0.0, 0.27), bars):
-        values = [100 * (_get(metrics[name], "grounding", s, "any", "acc@0.5") or 0) for s in splits]
+        values = [100 * (metric_at(metrics[name], "grounding", s, "any", "acc@0.5") or 0) for s in splits]
         ax.bar([i + offset for i in range(len(splits))], values, 0.27, label=label, color=colour)
     ticks = zip(REFERENCE_KEYS, ("constant mean box", "random object", "random object of the class"), ("--", ":", "-."))
     for key, label, style in ticks:
-        values = [_get(metrics["llava_cloc"], "grounding", s, "reference", key) for s in splits]
+        values = [metric_at(metrics["llava_cloc"], "grounding", s, "reference", key) for s in splits]
         shown = [i for i, v in enumerate(values) if v is not None]
         if shown:
             ax.hlines([100 * values[i] for i in shown], [i - 0.42 for i in shown], [i + 0.42 for i in shown],
@@ -209,7 +211,7 @@ def gap_sentence(gap: dict | None) -> str:
 def control_sentence(metrics: dict[str, dict]) -> str:
     """How much of CLOC's retrieval lead over CLIP the equal-supervision control also has."""
     path = ("encoder", "image_text_retrieval", "i2t_R@1")
-    clip, cloc, control = (_get(metrics.get(name, {}), *path) for name in ("clip", "cloc", "clip_phrases"))
+    clip, cloc, control = (metric_at(metrics.get(name, {}), *path) for name in ("clip", "cloc", "clip_phrases"))
     if control is None or clip is None or cloc is None:
         return "Equal-supervision control: not run (--retrieval_control False)."
     return (
@@ -247,30 +249,30 @@ def write_report(
     for key, label in (("region_recognition", "acc"), ("region_recognition", "mAcc"), ("image_text_retrieval", "i2t_R@1"),
                        ("image_text_retrieval", "i2t_R@5"), ("image_text_retrieval", "t2i_R@1"), ("image_text_retrieval", "t2i_R@5")):
         path = ("encoder", key, label)
-        enc_rows.append([f"{key} {label}", _get(metrics["clip"], *path), _get(maskclip, *path), _get(control, *path),
-                         _get(metrics["cloc"], *path)])
+        enc_rows.append([f"{key} {label}", metric_at(metrics["clip"], *path), metric_at(maskclip, *path), metric_at(control, *path),
+                         metric_at(metrics["cloc"], *path)])
     # What the LLaVA projector can read from single patch tokens (linear probes; cloc_mllm.eval.patch_probe).
     for layer in metrics["cloc"].get("encoder", {}).get("patch_probe", {}).get("layers", {}):
         for key, label in (("object_class_acc", "class on object patches"), ("position_acc", "grid position")):
             path = ("encoder", "patch_probe", "layers", layer, key)
-            enc_rows.append([f"patch probe layer {layer}: {label}", _get(metrics["clip"], *path), None, _get(control, *path),
-                             _get(metrics["cloc"], *path)])
+            enc_rows.append([f"patch probe layer {layer}: {label}", metric_at(metrics["clip"], *path), None, metric_at(control, *path),
+                             metric_at(metrics["cloc"], *path)])
     splits = sorted(set(metrics["llava_cloc"].get("grounding", {})) | set(metrics["cloc"].get("grounding", {})))
     mllm_columns = ["llava_clip", "llava_cloc", "cloc"]
     mllm_rows = [
-        [s] + [_get(metrics[name], "grounding", s, "any", "acc@0.5") for name in mllm_columns]
-        + [_get(metrics["llava_cloc"], "grounding", s, "reference", key) for key in REFERENCE_KEYS]
+        [s] + [metric_at(metrics[name], "grounding", s, "any", "acc@0.5") for name in mllm_columns]
+        + [metric_at(metrics["llava_cloc"], "grounding", s, "reference", key) for key in REFERENCE_KEYS]
         for s in splits
     ]
     referring = [name for name in ("llava_clip", "llava_cloc", "llava_cloc_regions") if name in metrics]
     refer_rows = [
-        [s] + [_get(metrics[name], "referring", s, key) for name in referring for key in ("noun", "token_f1")]
+        [s] + [metric_at(metrics[name], "referring", s, key) for name in referring for key in ("noun", "token_f1")]
         for s in metrics["llava_cloc"].get("referring", {})
     ]
     where = ("localisation", "centre_error")
     centre_rows = [
-        [s, _get(metrics["llava_clip"], "grounding", s, *where), _get(metrics["llava_cloc"], "grounding", s, *where),
-         _get(metrics["cloc"], "grounding", s, *where), _get(metrics["llava_cloc"], "grounding", s, "localisation", "centre_error_blind")]
+        [s, metric_at(metrics["llava_clip"], "grounding", s, *where), metric_at(metrics["llava_cloc"], "grounding", s, *where),
+         metric_at(metrics["cloc"], "grounding", s, *where), metric_at(metrics["llava_cloc"], "grounding", s, "localisation", "centre_error_blind")]
         for s in splits
     ]  # fmt: skip
     md = [

@@ -1,6 +1,6 @@
 """Building the model a run trains: from a preset or an HF CLIP checkpoint, matched to the tokenizer,
 with the parameters its loss never reaches frozen (so DDP/ZeRO need no unused-parameter search and the
-CLIP-only baseline provably trains no region parameter)."""
+CLIP-only baseline provably trains no region parameter; it has no Prompter at all)."""
 
 from __future__ import annotations
 
@@ -91,9 +91,9 @@ def _probe_batch(config: CLOCConfig, device: torch.device) -> dict[str, torch.Te
 def freeze_unused_parameters(model: CLOCModel) -> list[str]:
     """Freeze (requires_grad False) every parameter the training loss has no gradient path to.
 
-    Found by one backward pass over a dummy batch (RNG untouched): in ``loss_mode="clip"`` that is the
-    whole region/grounding path, with an InfoNCE loss the SigLIP bias, with the RoIAlign head the box
-    prompt encoder. Every rank must call this (the loss gathers across ranks).
+    Found by one backward pass over a dummy batch (RNG untouched): in ``loss_mode="clip"`` the region
+    logit scale (no Prompter is built there), with an InfoNCE loss the SigLIP bias, with the RoIAlign
+    head the Prompter's box prompt encoder. Every rank must call this (the loss gathers across ranks).
     """
     device = next(model.parameters()).device
     params = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
