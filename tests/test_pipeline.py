@@ -276,3 +276,36 @@ def test_seed_report_means_spreads_and_refuses_mixed_settings(tmp_path):
         main([str(runs[0]), str(odd), "--out", str(tmp_path / "x")])
     with pytest.raises(ValueError, match="repeat a seed"):
         write_seed_report([runs[0], _fake_run(tmp_path / "again", 0, 0.1, 0.2)], tmp_path / "y")
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [{}, {"ferret_star": False, "retrieval_control": False, "align_steps": 0}, {"vesl_detector": "owlv2-dir"}],
+)
+def test_plan_stages_read_only_what_earlier_stages_wrote(tmp_path, flags):
+    from cloc_mllm.pipeline.plan import evaluations, plan
+
+    config = config_for_profile("quick", out_dir=str(tmp_path / "run"), **flags)
+    planned = plan(config)
+    written: list = []
+    for stage in planned:
+        for path in stage.inputs:
+            assert any(path == out or path.is_relative_to(out) for out in written), f"{stage.name} reads {path} first"
+        written += stage.outputs
+    names = [s.name for s in planned]
+    assert len(set(names)) == len(names) and len({s.directory for s in planned}) == len(planned)
+    assert {f"eval_{e.name}" for e in evaluations(config)} <= set(names)
+    assert ("finetune_cloc_regions" in names) == config.ferret_star
+    assert ("pretrain_clip_phrases" in names) == config.retrieval_control
+    assert ("align_cloc" in names) == bool(config.align_steps) and ("vesl" in names) == bool(config.vesl_detector)
+    assert not (tmp_path / "run").exists()  # planning touches nothing
+
+
+def test_list_stages_prints_the_plan_and_runs_nothing(tmp_path, capsys):
+    from cloc_mllm.pipeline.__main__ import main
+
+    main(["--profile", "ci", "--out_dir", str(tmp_path / "run"), "--list_stages"])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["world", "-", "->", "world"]
+    assert any(line.split()[0] == "finetune_cloc" and "finetune/align_cloc" in line for line in lines)
+    assert not (tmp_path / "run").exists()

@@ -21,6 +21,7 @@ from cloc_mllm.mllm.llm_source import SOURCE_FILE
 
 from . import stages
 from .config import PipelineConfig, config_for_profile
+from .plan import describe, evaluations, plan, pretrainings
 from .report import write_report
 
 logger = logging.getLogger("cloc_mllm.pipeline")
@@ -53,61 +54,10 @@ def run_pipeline(config: PipelineConfig) -> dict:
     if saved.is_file() and not same_settings(json.loads(saved.read_text()), config):
         raise ValueError(f"{saved}: this run directory was made with other settings; use a new --out_dir")
     saved.write_text(json.dumps(asdict(config), indent=1))
-    world = run / "world"
-    timings: dict[str, float | None] = {}
-
-    def timed(directory: Path, name: str, fn) -> None:
-        timings[name] = stages.run_stage(directory, name, fn)
-
-    timed(world, "world", lambda: stages.make_world(config, world))
-    if config.vesl_detector:
-        timed(run / "vesl", "vesl", lambda: stages.pseudo_label(config, world, run / "vesl"))
-    shards = stages.train_shards(config, run)
-    pretrainings = (*stages.ENCODERS, stages.CONTROL) if config.retrieval_control else stages.ENCODERS
-    for loss in pretrainings:
-        out = run / "pretrain" / loss
-        timed(out, f"pretrain_{loss}", lambda out=out, loss=loss: stages.pretrain(config, loss, shards, world / "tokenizer", out))
-
-    data, llm = run / "finetune" / "train.json", run / "finetune" / "llm"
-    kinds = config.instruction_kinds.split(",")
-    timed(run / "finetune" / "data", "instruction_data", lambda: stages.instruction_data(config, world, data, kinds))
-    timed(llm, "language_model", lambda: stages.language_model(config, llm))
-    for loss in stages.ENCODERS:  # LLaVA-1.5 per tower: stage 1 aligns a projector, stage 2 tunes the LLM too
-        tower, out = stages.exported_tower(run / "pretrain" / loss), run / "finetune" / f"llava_{loss}"
-        adapter = run / "finetune" / f"align_{loss}" if config.align_steps else None
-        if adapter is not None:
-            timed(adapter, f"align_{loss}", lambda tower=tower, adapter=adapter: stages.finetune(
-                config, llm, tower, data, world / "refer", adapter, projector_only=True))
-        timed(out, f"finetune_{loss}", lambda tower=tower, out=out, adapter=adapter: stages.finetune(
-            config, llm, tower, data, world / "refer", out, projector_only=False, adapter=adapter))
-    ferret = run / "finetune" / "llava_cloc_regions"
-    if config.ferret_star:  # LLaVA-CLOC again, with the Prompter's region token after each referred box
-        region_data = run / "finetune" / "train_regions.json"
-        timed(run / "finetune" / "data_regions", "instruction_data_regions",
-              lambda: stages.instruction_data(config, world, region_data, kinds, region_token=True))
-        adapter = run / "finetune" / "align_cloc" if config.align_steps else None
-        timed(ferret, "finetune_cloc_regions", lambda: stages.finetune(
-            config, llm, stages.final_checkpoint(run / "pretrain" / "cloc"), region_data, world / "refer", ferret,
-            projector_only=False, adapter=adapter, region_prompts=True))
-
-    evaluations = {
-        "clip": (stages.final_checkpoint(run / "pretrain" / "clip"), "encoder", "clip_roialign"),
-        # the CLIP baseline's strongest fair region read-out (its last layer's patch outputs are untrained)
-        "clip_maskclip": (stages.final_checkpoint(run / "pretrain" / "clip"), "regions", "clip_maskclip"),
-        "cloc": (stages.final_checkpoint(run / "pretrain" / "cloc"), "all", None),
-        **({stages.CONTROL: (stages.final_checkpoint(run / "pretrain" / stages.CONTROL), "encoder", "clip_maskclip")}
-           if config.retrieval_control else {}),
-        "llava_clip": (run / "finetune" / "llava_clip", "grounding", None),
-        "llava_cloc": (run / "finetune" / "llava_cloc", "grounding", None),
-        **({"llava_cloc_regions": (ferret, "grounding", None)} if config.ferret_star else {}),
-    }
-    metrics = {}
-    for name, (model, suite, head) in evaluations.items():
-        out = run / "eval" / name
-        timed(out, f"eval_{name}", lambda model=model, out=out, suite=suite, head=head: stages.evaluate(config, model, world, out, suite, head))
-        metrics[name] = stages.read_results(out)
-    logs = {loss: _read_jsonl(run / "pretrain" / loss / "train_log.jsonl") for loss in pretrainings}
-    llm_source = json.loads((llm / SOURCE_FILE).read_text())
+    timings = {stage.name: stages.run_stage(stage.directory, stage.name, stage.run) for stage in plan(config)}
+    metrics = {e.name: stages.read_results(run / "eval" / e.name) for e in evaluations(config)}
+    logs = {loss: _read_jsonl(run / "pretrain" / loss / "train_log.jsonl") for loss in pretrainings(config)}
+    llm_source = json.loads((run / "finetune" / "llm" / SOURCE_FILE).read_text())
     report = write_report(run, asdict(config), metrics, logs, timings, llm_source)
     logger.info("report: %s", run / "report.md")
     return report
@@ -120,6 +70,14 @@ def _read_jsonl(path: Path) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """``--list_stages`` prints the plan of the given profile and flags (what each stage reads and
+    where it writes) and runs nothing."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--list_stages" in argv:
+        argv.remove("--list_stages")
+        config = parse_config(argv)
+        print(describe(plan(config), Path(config.out_dir)))
+        return
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     report = run_pipeline(parse_config(argv))
     for claim in report["claims"]:
