@@ -30,7 +30,8 @@ PROFILES: dict[str, dict] = {
         # sized to the two hours on this 2-core machine from the quick profile's idle stage times:
         # pretraining ~0.2-0.4 s a step at batch 48 (three towers ~30 min; the Prompter's tower reached 76%
         # region recognition at 1000 steps, docs/results/towers_1000_steps), LLaVA stage 1 ~1.6 s and stage 2
-        # ~2.8 s a step at batch 16 on two CPU ranks, 4 layers: 2 x 150 x 1.6 + 3 x 300 x 2.8 s ~ 50 min
+        # ~2.8 s a step at batch 16 on two CPU ranks, 4 layers: 2 x 150 x 1.6 + 3 x 300 x 2.8 s ~ 50 min.
+        # Measured idle 2026-12-03: 1 h 49 min in all (pretraining 29 min, LLaVAs 66 min, evaluations 13 min)
         num_train=6000, num_val=200, num_test=400, pretrain_steps=2000, pretrain_batch_size=48, warmup_steps=100,
         llm_layers=4, align_steps=150, align_lr=2e-3, finetune_steps=300, finetune_lr=5e-4, finetune_batch_size=16,
         lora_r=0, eval_limit=200,
