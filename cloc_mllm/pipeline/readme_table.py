@@ -13,7 +13,14 @@ import json
 from pathlib import Path
 
 from cloc_mllm.atomic_io import write_text_atomic
-from cloc_mllm.pipeline.report import REFERENCE_KEYS, describe_llm, format_cell, metric_at, refer_splits
+from cloc_mllm.pipeline.report import (
+    REFERENCE_KEYS,
+    describe_llm,
+    format_cell,
+    markdown_table,
+    metric_at,
+    refer_splits,
+)
 
 REFERENCE_LABELS = dict(zip(REFERENCE_KEYS, ("constant mean box", "random object of the image", "random object of the named class")))
 
@@ -43,7 +50,7 @@ def configuration_sentence(report: dict) -> str:
 def results_table(report: dict) -> str:
     """Claims, gap, centre-error target and references of one report, figures in %."""
     metrics = report["metrics"]
-    rows = [[c["name"], format_cell(c["clip"]), format_cell(c["cloc"]), c["target"], format_cell(c["target_met"])] for c in report["claims"]]
+    rows = [[c["name"], c["clip"], c["cloc"], c["target"], c["target_met"]] for c in report["claims"]]
     gap = report.get("mllm_gap")
     if gap:
         interval = f"{100 * gap['gap']:+.1f} [{100 * gap['low']:+.1f}, {100 * gap['high']:+.1f}]"
@@ -56,10 +63,9 @@ def results_table(report: dict) -> str:
     if splits:
         rows.append([
             "MLLM centre error below the blind guess (RefCOCO-format splits)", f"{below['llava_clip']} of {len(splits)}",
-            f"{below['llava_cloc']} of {len(splits)}", "LLaVA-CLOC on every split", format_cell(below["llava_cloc"] == len(splits)),
+            f"{below['llava_cloc']} of {len(splits)}", "LLaVA-CLOC on every split", below["llava_cloc"] == len(splits),
         ])  # fmt: skip
-    lines = ["| claim | CLIP baseline | CLOC | target | target met |", "| --- | --- | --- | --- | --- |"]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    table = markdown_table(["claim", "CLIP baseline", "CLOC", "target", "target met"], rows)
     references = [
         f"{label} {format_cell(_mean([metric_at(metrics['llava_cloc'], 'grounding', s, 'reference', key) for s in splits]))}"
         for key, label in REFERENCE_LABELS.items()
@@ -68,7 +74,7 @@ def results_table(report: dict) -> str:
     notes = [f"Grounding references (Acc@0.5, mean of the same splits): {', '.join(references)}."]
     if control is not None:
         notes.append(f"Image -> text R@1 of the equal-supervision control (CLIP + region phrases): {format_cell(control)}.")
-    return "\n".join(lines) + "\n\n" + " ".join(notes)
+    return table + "\n\n" + " ".join(notes)
 
 
 def render(report: dict, source: str) -> str:

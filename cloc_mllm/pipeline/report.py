@@ -138,7 +138,8 @@ def format_cell(value) -> str:
     return f"{100 * value:.1f}" if isinstance(value, float) else str(value)
 
 
-def _table(header: list[str], rows: list[list]) -> str:
+def markdown_table(header: list[str], rows: list[list]) -> str:
+    """A markdown table whose cells go through ``format_cell``."""
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(format_cell(v) for v in row) + " |" for row in rows]
     return "\n".join(lines)
@@ -282,7 +283,7 @@ def write_report(
         "Figures in %. `direction` = CLOC moves the way the paper says (for retrieval: about equal to CLIP, "
         f"within {_pct(RETRIEVAL_TOLERANCE)} points either way); `target` = the reproduction target.",
         "",
-        _table(["claim", "CLIP", "CLOC", "target", "direction", "target met"],
+        markdown_table(["claim", "CLIP", "CLOC", "target", "direction", "target met"],
                [[c.name, c.clip, c.cloc, c.target, c.direction_ok, c.target_met] for c in claims]),
         "",
         "![claims](claims.png)",
@@ -300,7 +301,7 @@ def write_report(
         "",
         control_sentence(metrics),
         "",
-        _table(["metric", "CLIP, paper's read-out", "CLIP, MaskCLIP read-out", "CLIP + phrases (control)", "CLOC"],
+        markdown_table(["metric", "CLIP, paper's read-out", "CLIP, MaskCLIP read-out", "CLIP + phrases (control)", "CLOC"],
                enc_rows),
         "",
         "## MLLM grounding",
@@ -312,7 +313,7 @@ def write_report(
         "random object of the named class (reads colour and shape, ignores the relation). The last two are "
         "exact expectations.",
         "",
-        _table(["split", "LLaVA-CLIP", "LLaVA-CLOC", "CLOC grounding head", "constant mean box", "random object",
+        markdown_table(["split", "LLaVA-CLIP", "LLaVA-CLOC", "CLOC grounding head", "constant mean box", "random object",
                 "random object of the class"], mllm_rows),
         "",
         gap_sentence(gap),
@@ -320,7 +321,7 @@ def write_report(
         "Centre error of the answered box (% of the image side, lower is better) against the blind guess "
         "(the test boxes' mean centre): an MLLM near the blind figure is not looking at the image.",
         "",
-        _table(["split", "LLaVA-CLIP", "LLaVA-CLOC", "CLOC grounding head", "blind guess"], centre_rows),
+        markdown_table(["split", "LLaVA-CLIP", "LLaVA-CLOC", "CLOC grounding head", "blind guess"], centre_rows),
         "",
         "![mllm](mllm_grounding.png)",
         "",
@@ -329,7 +330,7 @@ def write_report(
         "stage-1 projector) with the Prompter's region embedding of the box as a `<region>` token after the box "
         "text, in training and here.",
         "",
-        _table(["split"] + [f"{LABELS[name]} {key}" for name in referring for key in ("noun", "F1")], refer_rows),
+        markdown_table(["split"] + [f"{LABELS[name]} {key}" for name in referring for key in ("noun", "F1")], refer_rows),
         "",
         "## Training curves",
         "![training](training_curves.png)",
