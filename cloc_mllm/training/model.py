@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import PreTrainedTokenizerBase
 
+from ..batch import CLOCBatch
 from ..configuration_cloc import CLOCConfig
 from ..modeling_cloc import CLOCModel
 from .config import PretrainConfig
@@ -71,21 +72,21 @@ def load_model_weights(model: CLOCModel, model_dir: str | Path) -> None:
     model.load_state_dict(state, strict=True)
 
 
-def _probe_batch(config: CLOCConfig, device: torch.device) -> dict[str, torch.Tensor]:
+def _probe_batch(config: CLOCConfig, device: torch.device) -> CLOCBatch:
     """Two images with one region each: enough to build every branch of the loss's graph."""
     text = config.text_config
     size = config.vision_config.image_size
     ids = torch.tensor([[text.bos_token_id, text.eos_token_id]] * 2, device=device)
     ones = torch.ones_like(ids)
-    return {
-        "pixel_values": torch.zeros(2, 3, size, size, device=device),
-        "input_ids": ids,
-        "attention_mask": ones,
-        "region_boxes": torch.tensor([[[0.1, 0.1, 0.6, 0.6]], [[0.3, 0.2, 0.9, 0.8]]], device=device),
-        "region_input_ids": ids[:, None],
-        "region_attention_mask": ones[:, None],
-        "region_mask": torch.ones(2, 1, dtype=torch.bool, device=device),
-    }
+    return CLOCBatch(
+        pixel_values=torch.zeros(2, 3, size, size, device=device),
+        input_ids=ids,
+        attention_mask=ones,
+        region_boxes=torch.tensor([[[0.1, 0.1, 0.6, 0.6]], [[0.3, 0.2, 0.9, 0.8]]], device=device),
+        region_input_ids=ids[:, None],
+        region_attention_mask=ones[:, None],
+        region_mask=torch.ones(2, 1, dtype=torch.bool, device=device),
+    )
 
 
 def freeze_unused_parameters(model: CLOCModel) -> list[str]:
