@@ -4,9 +4,11 @@ Chooses the CPU profiles' LLaVA budget by measurement: the pretrained LLM cut to
 layers (N = all 30 too) with a tower of the tiny preset's shape (64 image tokens), sequences as long as
 the main job's ChatML grounding records, and LLaVA-1.5's two stages: stage 1 (projector only, LLM
 frozen: gradients still flow back through every LLM layer to the image tokens), stage 2 with LoRA on
-every LLM linear, stage 2 with the whole LLM. Labels cover the answer only, as in the instruction
+every LLM linear, stage 2 with the whole LLM, stage 2 with the LLM's layers but its token embeddings
+(and the LM head tied to them) frozen (``--freeze_embeddings``). Labels cover the answer only, as in the instruction
 data; the loss runs the LM head on every position (``head=all``, the model's own loss) or only on the
-answer tokens (``head=answers``, what ``LlavaTrainer`` does). A step is forward + backward + AdamW,
+answer tokens (``head=answers``, what ``LlavaTrainer`` does), in fp32 or under bf16 autocast with fp32
+weights (``precision``, what ``--bf16`` does in a plain run). A step is forward + backward + AdamW,
 timed interleaved.
 
     python -m bench.llava_budget                      # ~4 min on 2 cores
@@ -15,6 +17,7 @@ timed interleaved.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 
 import torch
@@ -36,8 +39,9 @@ from cloc_mllm.mllm.tiny import tiny_tower_model
 from cloc_mllm.mllm.training import ModelArguments, answer_token_loss, set_trainable
 
 NAME = "llava_budget"
-STAGES = ("stage1_projector", "stage2_lora", "stage2_full")
+STAGES = ("stage1_projector", "stage2_lora", "stage2_full", "stage2_layers")
 HEADS = ("all", "answers")
+PRECISIONS = ("fp32", "bf16")
 # A grounding record of the main job's instruction data (the box is what the LLM must write).
 RECORD = [
     {"from": "human", "value": "<image>\nWhere is the small red circle left of the blue square?"},
@@ -59,8 +63,8 @@ def build(base_llm, source: str, tokenizer, layers: int, stage: str, device: tor
     args = LlavaBuildArgs(vision_tower="(random)", language_model=source, conversation_template="chatml")
     model, _ = assemble_llava(args, tower, llm, tokenizer)
     model_args = ModelArguments(
-        model_name_or_path=source, vision_tower="-", freeze_backbone=stage != "stage2_full",
-        tune_mm_mlp_adapter=stage == "stage1_projector",
+        model_name_or_path=source, vision_tower="-", freeze_backbone=stage in ("stage1_projector", "stage2_lora"),
+        tune_mm_mlp_adapter=stage == "stage1_projector", freeze_embeddings=stage == "stage2_layers",
     )
     set_trainable(model, model_args)
     if stage == "stage2_lora":
@@ -73,6 +77,7 @@ def main() -> None:
     parser.add_argument("--source", default=EMBEDDED_LLM)
     parser.add_argument("--layers", type=parse_ints, default=[4, 8, 30])
     parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--precisions", default=",".join(PRECISIONS), help="fp32 and/or bf16 (autocast)")
     args = parser.parse_args()
     device = setup(args)
     if args.smoke:
@@ -100,35 +105,50 @@ def main() -> None:
             }
             trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
             for head in HEADS:
+                for precision in args.precisions.split(","):
 
-                def step(model=model, optimizer=optimizer, batch=batch, head=head):
-                    optimizer.zero_grad(set_to_none=True)
-                    loss = model(**batch).loss if head == "all" else answer_token_loss(model, batch)[0]
-                    loss.backward()
-                    optimizer.step()
+                    def step(model=model, optimizer=optimizer, batch=batch, head=head, precision=precision):
+                        optimizer.zero_grad(set_to_none=True)
+                        with autocast(precision, device):
+                            loss = model(**batch).loss if head == "all" else answer_token_loss(model, batch)[0]
+                        loss.backward()
+                        optimizer.step()
 
-                fns[f"{layers}:{stage}:{head}"] = step
-                rows.append({"layers": layers, "stage": stage, "head": head, "batch": args.batch,
-                             "tokens": length, "answer_tokens": answer, "trainable_m": round(trainable / 1e6, 2)})
+                    fns[f"{layers}:{stage}:{head}:{precision}"] = step
+                    rows.append({"layers": layers, "stage": stage, "head": head, "precision": precision,
+                                 "batch": args.batch, "tokens": length, "answer_tokens": answer,
+                                 "trainable_m": round(trainable / 1e6, 2)})
     timings = time_side_by_side(fns, device, args.warmup, args.iters)
     for row in rows:
-        t = timings[f"{row['layers']}:{row['stage']}:{row['head']}"]
+        t = timings[_key(row)]
         row["median_s"] = round(t.median_s, 3)
         row["tokens_per_s"] = round(row["batch"] * row["tokens"] / t.median_s, 1)
-    by = {(r["layers"], r["stage"], r["head"]): r["median_s"] for r in rows}
-    deepest = max(args.layers)
+    by = {_key(r): r["median_s"] for r in rows}
+    deepest, base = max(args.layers), args.precisions.split(",")[0]
     summary = [f"{device_description(device)}; {length} tokens a sequence ({image_tokens} image tokens, "
                f"{answer} answer tokens), batch {args.batch}"]
-    summary += [
-        f"{layers} layers, {stage}: answer-only head {by[(layers, stage, 'answers')] / by[(layers, stage, 'all')]:.2f}x "
-        f"the all-position head; {by[(layers, stage, 'answers')] / by[(deepest, stage, 'answers')]:.2f}x "
-        f"the {deepest}-layer step"
-        for layers in args.layers for stage in STAGES
-    ]
+    for layers in args.layers:
+        for stage in STAGES:
+            answers = by[f"{layers}:{stage}:answers:{base}"]
+            line = (f"{layers} layers, {stage}: answer-only head {answers / by[f'{layers}:{stage}:all:{base}']:.2f}x "
+                    f"the all-position head; {answers / by[f'{deepest}:{stage}:answers:{base}']:.2f}x the {deepest}-layer step")
+            if "bf16" in args.precisions and base != "bf16":
+                line += f"; bf16 autocast {answers / by[f'{layers}:{stage}:answers:bf16']:.2f}x as fast as {base}"
+            summary.append(line)
     print("\n".join(summary))
     for row in rows:
         print(row)
     save_results(NAME, device, args, {}, rows, summary)
+
+
+def _key(row: dict) -> str:
+    return f"{row['layers']}:{row['stage']}:{row['head']}:{row['precision']}"
+
+
+def autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 if __name__ == "__main__":

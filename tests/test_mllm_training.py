@@ -27,6 +27,7 @@ from cloc_mllm.mllm.training import (
     load_llava_weights,
     load_projector,
     train,
+    weight_dtype,
 )
 from cloc_mllm.training.distributed import SHM_DIR, free_port
 
@@ -154,6 +155,27 @@ def test_stage1_saves_projector_only_and_stage2_starts_from_it(world, tmp_path):
     other, _ = build_llava(LlavaBuildArgs(world["tower"], world["llm"], mm_projector_type="mlp3x_gelu"))
     with pytest.raises(ValueError, match="projector weights do not fit"):
         load_projector(other, stage1)
+
+
+def test_freeze_embeddings_trains_the_layers_and_keeps_the_token_table(world, tmp_path):
+    _train(world, tmp_path / "out", "--freeze_embeddings", "True", "--max_steps", "3")
+    base, _ = build_llava(LlavaBuildArgs(world["tower"], world["llm"], model_max_length=320))
+    tuned = LlavaForConditionalGeneration.from_pretrained(tmp_path / "out")
+    assert torch.equal(tuned.get_input_embeddings().weight, base.get_input_embeddings().weight)
+    layer = "model.language_model.layers.0.mlp.down_proj.weight"
+    assert not torch.equal(tuned.state_dict()[layer], base.state_dict()[layer])
+    # the tiny LLM's head is untied, so it still trains; a tied head is the embedding table itself
+    assert not torch.equal(tuned.lm_head.weight, base.lm_head.weight)
+
+
+def test_bf16_without_deepspeed_is_mixed_precision_over_fp32_weights(world, tmp_path):
+    assert weight_dtype(torch.bfloat16, deepspeed=False, quantized=False) is torch.float32
+    assert weight_dtype(torch.bfloat16, deepspeed=True, quantized=False) is torch.bfloat16  # fp32 masters inside
+    assert weight_dtype(torch.bfloat16, deepspeed=False, quantized=True) is torch.bfloat16  # the base does not train
+    _train(world, tmp_path / "out", "--bf16", "True")
+    _assert_loss_falls(tmp_path / "out")
+    tuned = LlavaForConditionalGeneration.from_pretrained(tmp_path / "out", dtype="auto")
+    assert {p.dtype for p in tuned.parameters()} == {torch.float32}
 
 
 def test_phrase_warmup_then_chat_finetune_continues_from_it(world, tmp_path):

@@ -91,6 +91,25 @@ def test_stages_launch_library_modules_of_the_imported_package(tmp_path, monkeyp
         stages.finetune(config_for_profile("ci", deepspeed="nowhere.json"), tmp_path, tmp_path, tmp_path, tmp_path, tmp_path, 3)
 
 
+@pytest.mark.parametrize("native", [True, False])
+def test_finetune_precision_and_frozen_embeddings_reach_the_command(tmp_path, monkeypatch, native):
+    launched = []
+    monkeypatch.setattr(stages.subprocess, "run", lambda command, **kwargs: launched.append(command))
+    monkeypatch.setattr(stages, "native_bf16", lambda device: native)
+    for precision in ("auto", "bf16", "fp32"):
+        config = config_for_profile(
+            "ci", deepspeed="", finetune_precision=precision, freeze_embeddings=True, lora_r=0
+        )
+        for projector_only in (True, False):
+            stages.finetune(config, tmp_path, tmp_path, tmp_path, tmp_path, tmp_path / "out", projector_only)
+    bf16 = ["--bf16" in command for command in launched]
+    assert bf16 == [native, native, True, True, False, False]
+    # frozen embeddings is a stage-2 setting; stage 1 freezes the whole LLM anyway
+    assert ["--freeze_embeddings" in command for command in launched] == [False, True] * 3
+    with pytest.raises(ValueError, match="finetune_precision"):
+        config_for_profile("ci", finetune_precision="fp16")
+
+
 def test_instruction_kinds_choose_the_turns(tmp_path):
     from tests.eval_helpers import make_world
 

@@ -23,7 +23,7 @@ PROFILES: dict[str, dict] = {
         # stage 2 on the whole (4-layer) LLM at 5e-4: chosen on refcoco_val over LoRA r=16 at 2e-4, whose
         # answers parsed as boxes 6% of the time against 100% (docs/mllm.md)
         llm_layers=4, align_steps=60, align_lr=2e-3, finetune_steps=60, finetune_lr=5e-4, finetune_batch_size=16,
-        lora_r=0, eval_limit=100,
+        lora_r=0, eval_limit=100, deepspeed="",  # one process, bf16 autocast: as fast as 2 ranks, lower loss (bench/results/finetune_launch-cpu.md)
         benchmarks="refcoco_testA,refcoco_testB,flickr30k_test",
     ),
     "reproduce": dict(
@@ -31,10 +31,11 @@ PROFILES: dict[str, dict] = {
         # pretraining ~0.2-0.4 s a step at batch 48 (three towers ~30 min; the Prompter's tower reached 76%
         # region recognition at 1000 steps, docs/results/towers_1000_steps), LLaVA stage 1 ~1.6 s and stage 2
         # ~2.8 s a step at batch 16 on two CPU ranks, 4 layers: 2 x 150 x 1.6 + 3 x 300 x 2.8 s ~ 50 min.
-        # Measured idle 2026-12-03: 1 h 49 min in all (pretraining 29 min, LLaVAs 66 min, evaluations 13 min)
+        # Measured idle 2026-12-03: 1 h 49 min in all (pretraining 29 min, LLaVAs 66 min, evaluations 13 min), the
+        # LLaVAs then on 2 DeepSpeed ranks in fp32; one process in bf16 runs them ~2.2x faster (docs/mllm.md)
         num_train=6000, num_val=200, num_test=400, pretrain_steps=2000, pretrain_batch_size=48, warmup_steps=100,
         llm_layers=4, align_steps=150, align_lr=2e-3, finetune_steps=300, finetune_lr=5e-4, finetune_batch_size=16,
-        lora_r=0, eval_limit=200,
+        lora_r=0, eval_limit=200, deepspeed="",
         benchmarks="refcoco_val,refcoco_testA,refcoco_testB,refcoco+_val,refcoco+_testA,refcoco+_testB,"
         "refcocog_val,refcocog_test,flickr30k_val,flickr30k_test",
     ),
@@ -109,6 +110,20 @@ class PipelineConfig:
     finetune_batch_size: int = field(default=16, metadata=_help("Global batch of both stages (records)."))
     finetune_lr: float = field(default=2e-4, metadata=_help("Stage-2 learning rate."))
     lora_r: int = field(default=0, metadata=_help("Stage 2 with LoRA of this rank on the LLM (0 = the whole LLM)."))
+    freeze_embeddings: bool = field(
+        default=False,
+        metadata=_help(
+            "Stage 2 keeps the LLM's token embeddings (tied to its LM head in SmolLM2) frozen: two thirds of a "
+            "4-layer cut's weights; 1.08-1.21x faster a step on 2 CPU cores, the loss a little slower (docs/mllm.md)."
+        ),
+    )
+    finetune_precision: str = field(
+        default="auto",
+        metadata=_help(
+            "LLaVA stages' arithmetic: bf16 (mixed: fp32 weights, or DeepSpeed's fp32 master copies), fp32, or "
+            "auto = bf16 where the device multiplies it natively (CUDA; CPUs with AVX512-BF16 / AMX)."
+        ),
+    )
     deepspeed: str = field(
         default="zero2",
         metadata=_help("DeepSpeed config of the finetuning: zero2 / zero3 / zero3_offload (shipped) or a json path; '' = plain python."),
@@ -132,6 +147,8 @@ class PipelineConfig:
     def __post_init__(self):
         if self.profile not in PROFILES:
             raise ValueError(f"PipelineConfig.profile must be one of {sorted(PROFILES)}, got {self.profile!r}")
+        if self.finetune_precision not in ("auto", "bf16", "fp32"):
+            raise ValueError(f"PipelineConfig.finetune_precision must be auto, bf16 or fp32, got {self.finetune_precision!r}")
         if self.region_head not in TRAINED_REGION_HEADS:
             raise ValueError(f"PipelineConfig.region_head must be one of {TRAINED_REGION_HEADS}, got {self.region_head!r}")
         kinds = self.instruction_kinds.split(",")

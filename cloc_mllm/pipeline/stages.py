@@ -20,7 +20,7 @@ import torch
 
 import cloc_mllm
 from cloc_mllm.mllm.zero_configs import zero_config
-from cloc_mllm.training.distributed import free_port, release_deepspeed_shm
+from cloc_mllm.training.distributed import free_port, native_bf16, release_deepspeed_shm
 
 from .config import PipelineConfig
 
@@ -180,13 +180,14 @@ def language_model(config: PipelineConfig, out_dir: Path) -> None:
 
 def finetune(
     config: PipelineConfig, llm: Path, tower: Path, data: Path, image_root: Path, out_dir: Path,
-    projector_only: bool, adapter: Path | None = None, region_prompts: bool = False,
+    projector_only: bool, adapter: Path | None = None, region_prompts: bool = False, save_steps: int = 0,
 ) -> None:
     """One LLaVA-1.5 stage with ``deepspeed finetune/train.py`` (plain python when no DeepSpeed config
     is given): stage 1 (``projector_only``: tower and LLM frozen, ``align_steps`` at ``align_lr``) or
     stage 2 (the LLM trains too, fully or with LoRA; from the stage-1 projector in ``adapter``).
     ``region_prompts``: Ferret*, ``tower`` is a whole CLOC checkpoint whose frozen Prompter embeds the
-    ``<region>`` boxes; the region MLP trains."""
+    ``<region>`` boxes; the region MLP trains. ``save_steps``: a Trainer checkpoint every that many steps
+    (a killed run resumes from the last; each is a whole LLaVA that evaluates as one)."""
     steps, lr = (config.align_steps, config.align_lr) if projector_only else (config.finetune_steps, config.finetune_lr)
     ranks = config.num_ranks if config.deepspeed else 1  # plain python is one process
     per_rank = max(1, config.finetune_batch_size // ranks)
@@ -198,7 +199,8 @@ def finetune(
         "--version", config.conversation_template, "--max_steps", str(steps), "--per_device_train_batch_size", str(per_rank),
         "--learning_rate", str(lr), "--lr_scheduler_type", "cosine", "--warmup_steps", str(max(1, steps // 20)),
         "--weight_decay", "0.0", "--model_max_length", "512", "--logging_steps", "10",
-        "--save_strategy", "no", "--report_to", "tensorboard", "--seed", str(config.seed),
+        *(["--save_strategy", "steps", "--save_steps", str(save_steps)] if save_steps else ["--save_strategy", "no"]),
+        "--report_to", "tensorboard", "--seed", str(config.seed),
         "--dataloader_num_workers", "0",
     ]
     if adapter is not None:
@@ -209,7 +211,12 @@ def finetune(
         args += ["--tune_mm_mlp_adapter", "True"]
     elif config.lora_r:
         args += ["--lora_enable", "True", "--lora_r", str(config.lora_r), "--lora_alpha", str(2 * config.lora_r)]
-    if not torch.cuda.is_available():
+    elif config.freeze_embeddings:
+        args += ["--freeze_embeddings", "True"]
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if config.finetune_precision == "bf16" or (config.finetune_precision == "auto" and native_bf16(device)):
+        args += ["--bf16", "True"]
+    if device.type == "cpu":
         args += ["--use_cpu", "True"]  # CPU ranks talk over gloo
     port = None
     if config.deepspeed:

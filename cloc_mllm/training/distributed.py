@@ -122,6 +122,17 @@ def release_deepspeed_shm(
     return removed
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` multiplies bf16 in hardware: a CUDA GPU that supports it, or a CPU with
+    AVX512-BF16 or AMX (there a 2770 x 576 x 1536 matmul runs 4.3x faster in bf16 than fp32, measured
+    on 2 EPYC cores; without them bf16 is emulated and slower)."""
+    if device.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    return False
+
+
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     """bf16 where asked for, or (``auto``) where the GPU supports it; None = full fp32."""
     if precision == "bf16":
