@@ -17,7 +17,6 @@ timed interleaved.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 
 import torch
@@ -109,7 +108,7 @@ def main() -> None:
 
                     def step(model=model, optimizer=optimizer, batch=batch, head=head, precision=precision):
                         optimizer.zero_grad(set_to_none=True)
-                        with autocast(precision, device):
+                        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
                             loss = model(**batch).loss if head == "all" else answer_token_loss(model, batch)[0]
                         loss.backward()
                         optimizer.step()
@@ -143,12 +142,6 @@ def main() -> None:
 
 def _key(row: dict) -> str:
     return f"{row['layers']}:{row['stage']}:{row['head']}:{row['precision']}"
-
-
-def autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
-    if precision == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 if __name__ == "__main__":
