@@ -1,0 +1,227 @@
+"""Does the LLaVA ground when the question comes before the image?
+
+LLaVA-1.5's data puts ``<image>`` before the question. In a causal LLM the image tokens then cannot
+see the question: the answer's first digit must find "the red circle" among 64 image tokens by
+matching its own query against every token's content (a content-addressed lookup), which a shallow
+LLM learns slowly. With the question first, each image token can read the question and mark itself
+("I am the red circle") in its own position, and the answer only has to attend to the marked token:
+the same lookup becomes local. LLaVA-1.5's own instruction mix places ``<image>`` on either side of the
+question, so both orders are the recipe.
+
+From a main-job run (world, towers, the plain LLM), per tower and order: single-turn grounding
+records (so every question can precede its image), stage 1 and stage 2 as the main job runs them,
+then grounding on the val splits with the matching prompt.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from cloc_mllm.data.refer import load_refer  # noqa: E402
+from cloc_mllm.eval.benchmarks import load_grounding_benchmarks  # noqa: E402
+from cloc_mllm.eval.mllm_grounding import evaluate_mllm_grounding  # noqa: E402
+from cloc_mllm.mllm.inference import load_mllm  # noqa: E402
+from cloc_mllm.mllm.instruct_builders import (  # noqa: E402
+    GROUNDING_QUESTIONS,
+    facts_to_conversations,
+    refer_facts,
+    write_records,
+)
+from cloc_mllm.mllm.templates import IMAGE_TOKEN  # noqa: E402
+from cloc_mllm.pipeline import stages  # noqa: E402
+from cloc_mllm.pipeline.config import config_for_profile  # noqa: E402
+from experiments.llava_prompt_order.digit_loss import digit_losses  # noqa: E402
+
+ORDERS = ("question_first", "image_first")
+
+
+def move_image_after_question(records: list[dict]) -> list[dict]:
+    """``<image>\\nQ`` -> ``Q\\n<image>`` in each record's first turn."""
+    for record in records:
+        first = record["conversations"][0]
+        if not first["value"].startswith(f"{IMAGE_TOKEN}\n"):
+            raise ValueError(f"record {record['id']}: the first turn does not start with {IMAGE_TOKEN}")
+        first["value"] = first["value"][len(IMAGE_TOKEN) + 1 :] + f"\n{IMAGE_TOKEN}"
+    return records
+
+
+def grounding_data(world: Path, order: str, seed: int, out_path: Path, split: str = "train") -> int:
+    """Single-turn grounding records of RefCOCO/+/g ``split`` in ``order``; returns their number."""
+    records = []
+    for dataset, split_by in (("refcoco", "unc"), ("refcoco+", "unc"), ("refcocog", "umd")):
+        refs = load_refer(world / "refer", dataset=dataset, split_by=split_by, split=split)
+        records += facts_to_conversations(
+            refer_facts(refs),
+            dataset,
+            kinds=["grounding"],
+            turns_per_record=1,
+            image_root=world / "refer",
+            seed=seed,
+        )
+    if order == "question_first":
+        records = move_image_after_question(records)
+    write_records(records, out_path)
+    return len(records)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--run", required=True, help="a main-job run directory (world, pretrain, finetune/llm)"
+    )
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--profile", default="quick")
+    parser.add_argument("--towers", default="cloc,clip")
+    parser.add_argument("--orders", default=",".join(ORDERS))
+    parser.add_argument("--align_steps", type=int, default=150)
+    parser.add_argument("--finetune_steps", type=int, default=300)
+    parser.add_argument("--benchmarks", default="refcoco_val,refcoco+_val,refcocog_val")
+    parser.add_argument("--eval_limit", type=int, default=100)
+    parser.add_argument("--align_lr", type=float, default=None, help="default: the profile's")
+    parser.add_argument("--finetune_lr", type=float, default=None, help="default: the profile's")
+    parser.add_argument("--tag", default="", help="names this variant in the results (towers/order/tag)")
+    parser.add_argument("--every", type=int, default=0, help="also score a stage-2 checkpoint every N steps")
+    parser.add_argument(
+        "--vision_select_layer", type=int, default=-2, help="the tower layer the projector reads"
+    )
+    args = parser.parse_args()
+
+    run, out = Path(args.run), Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    config = config_for_profile(
+        args.profile, out_dir=str(run), align_steps=args.align_steps, finetune_steps=args.finetune_steps,
+        vision_select_layer=args.vision_select_layer,
+        **{name: getattr(args, name) for name in ("align_lr", "finetune_lr") if getattr(args, name) is not None},
+    )  # fmt: skip
+    world, llm = run / "world", run / "finetune" / "llm"
+    names = [n for n in args.benchmarks.split(",") if n]
+    benchmarks, unavailable = load_grounding_benchmarks(world / "refer", None, names, limit=args.eval_limit)
+    if unavailable:
+        raise SystemExit(f"benchmarks not found: {unavailable}")
+    summary_path = out / "summary.json"
+    summary = (
+        json.loads(summary_path.read_text()) if summary_path.exists() else {"args": vars(args), "results": {}}
+    )
+    for order in args.orders.split(","):
+        data, val_data = out / f"train_{order}.json", out / f"val_{order}.json"
+        if not val_data.exists():
+            grounding_data(world, order, config.seed, val_data, split="val")
+        if not data.exists():
+            print(order, grounding_data(world, order, config.seed, data), "records")
+        for tower in args.towers.split(","):
+            key = f"{tower}/{order}" + (f"/{args.tag}" if args.tag else "")
+            if key in summary["results"]:
+                continue
+            tower_dir = stages.exported_tower(run / "pretrain" / tower)
+            align, llava = (out / f"{stage}_{key.replace('/', '_')}" for stage in ("align", "llava"))
+            train = functools.partial(stages.finetune, config, llm, tower_dir, data, world / "refer")
+            if args.align_steps:
+                stages.run_stage(
+                    align, f"stage 1 {key}", functools.partial(train, align, projector_only=True)
+                )
+            stages.run_stage(
+                llava,
+                f"stage 2 {key}",
+                functools.partial(
+                    train,
+                    llava,
+                    projector_only=False,
+                    adapter=align if args.align_steps else None,
+                    save_steps=args.every,
+                ),
+            )
+            template = GROUNDING_QUESTIONS[0] + (f"\n{IMAGE_TOKEN}" if order == "question_first" else "")
+            checkpoints = {int(c.name.split("-")[1]): c for c in llava.glob("checkpoint-*")}
+            checkpoints[args.finetune_steps] = llava
+            log = json.loads((llava / "train_summary.json").read_text())["log_history"]
+            summary["results"][key] = {
+                "val": {
+                    step: score(path, benchmarks, template)
+                    | {"digit_loss": digit_losses(path, val_data, world / "refer", limit=256)}
+                    for step, path in sorted(checkpoints.items())
+                },
+                "loss": [(h["step"], h["loss"]) for h in log if "loss" in h],
+                "args": vars(args),
+            }
+            summary_path.write_text(json.dumps(summary, indent=1))
+            print(key, json.dumps(summary["results"][key]["val"][args.finetune_steps]["metrics"]))
+    plot(summary["results"], out / "curve.png")
+    plot_digit_gain(summary["results"], out / "digit_gain.png")
+
+
+def score(llava: Path, benchmarks, template: str) -> dict:
+    """Val grounding of one saved LLaVA: metrics per split and its first answers."""
+    model, processor = load_mllm(llava)
+    metrics, rows = evaluate_mllm_grounding(model, processor, benchmarks, prompt=template)
+    return {
+        "metrics": {
+            split: {
+                "acc@0.5": m["any"]["acc@0.5"],
+                "mean_iou": m["any"]["mean_iou"],
+                "centre": m["localisation"],
+            }
+            for split, m in metrics.items()
+        },
+        "answers": {
+            split: [r["answer"] for r in list(split_rows.values())[:8]] for split, split_rows in rows.items()
+        },
+    }
+
+
+def plot(results: dict, path: Path) -> None:
+    fig, (acc_ax, loss_ax) = plt.subplots(1, 2, figsize=(11, 4))
+    for key, result in results.items():
+        steps = sorted(int(s) for s in result["val"])
+        val = [result["val"][s if s in result["val"] else str(s)]["metrics"] for s in steps]
+        acc_ax.plot(
+            steps, [100 * sum(m["acc@0.5"] for m in v.values()) / len(v) for v in val], marker="o", label=key
+        )
+        loss_ax.plot(*zip(*result["loss"], strict=True), label=key)
+    acc_ax.set(xlabel="stage-2 step", ylabel="Acc@0.5 (%), mean of val splits", title="LLaVA grounding")
+    loss_ax.set(xlabel="stage-2 step", ylabel="answer-token loss", title="stage-2 loss")
+    for ax in (acc_ax, loss_ax):
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def last(result: dict) -> dict:
+    """The scores of a variant's last stage-2 step (json keys are strings)."""
+    return result["val"][max(result["val"], key=int)]
+
+
+def plot_digit_gain(results: dict, path: Path) -> None:
+    """Grouped bars: nats each box digit gains from the record's own image, per variant."""
+    keys = [key for key, result in results.items() if "digit_loss" in last(result)]
+    if not keys:
+        return
+    names = list(last(results[keys[0]])["digit_loss"]["digits"])
+    width = 0.8 / len(keys)
+    fig, ax = plt.subplots(figsize=(12, 4))
+    for k, key in enumerate(keys):
+        digits = last(results[key])["digit_loss"]["digits"]
+        gains = [digits[n]["other"] - digits[n]["own"] for n in names]
+        ax.bar([i + k * width for i in range(len(names))], gains, width, label=key)
+    ax.axhline(0, color="black", linewidth=0.8)
+    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(names))], names, rotation=45, ha="right")
+    ax.set(
+        ylabel="loss with another image - own (nats)", title="What each box digit reads from the image (val)"
+    )
+    ax.legend(fontsize=7)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
