@@ -11,7 +11,7 @@ import io
 import json
 import math
 import textwrap
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import matplotlib
@@ -61,9 +61,10 @@ def _fmt(value) -> str:
     return str(value)
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence]) -> str:
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence], cell: Callable[[object], str] = _fmt) -> str:
+    """A markdown table, each cell written by ``cell`` (default: fractions in %, None as a dash)."""
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in rows]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
     return "\n".join(lines)
 
 
@@ -92,12 +93,12 @@ def grounding_table(grounding: dict[str, dict]) -> str:
                 counts.get("status_missing_image", 0),
             ]
         )
-    return _table(header, rows)
+    return markdown_table(header, rows)
 
 
 def referring_table(referring: dict[str, dict]) -> str:
     rows = [[n, m["n"], m["exact"], m["noun"], m["token_f1"], m.get("cider")] for n, m in referring.items()]
-    return _table(["benchmark", "n", "exact", "noun", "token F1", "CIDEr"], rows)
+    return markdown_table(["benchmark", "n", "exact", "noun", "token F1", "CIDEr"], rows)
 
 
 def encoder_tables(encoder: dict) -> str:
@@ -106,7 +107,7 @@ def encoder_tables(encoder: dict) -> str:
         m = encoder["region_recognition"]
         parts.append("### Region recognition (zero-shot, ground-truth boxes)\n")
         parts.append(
-            _table(["n boxes", "mAcc", "accuracy", "head"], [[m["n"], m["mAcc"], m["acc"], m.get("head")]])
+            markdown_table(["n boxes", "mAcc", "accuracy", "head"], [[m["n"], m["mAcc"], m["acc"], m.get("head")]])
         )
     if "patch_probe" in encoder:
         m = encoder["patch_probe"]
@@ -114,7 +115,7 @@ def encoder_tables(encoder: dict) -> str:
         rows = [
             [layer, v["object_class_acc"], v["all_class_acc"], v["position_acc"]] for layer, v in m["layers"].items()
         ]
-        parts.append(_table(["layer", "class on object patches", "class on all patches", "grid position"], rows))
+        parts.append(markdown_table(["layer", "class on object patches", "class on all patches", "grid position"], rows))
         parts.append(
             f"\nAccuracies in %; chance is {100 / m['classes']:.1f} (class) and {100 / m['grid_cells']:.1f} "
             f"(position). {100 * m['object_patch_fraction']:.0f}% of the {m['test_patches']} test patches "
@@ -127,17 +128,17 @@ def encoder_tables(encoder: dict) -> str:
             [b, m.get("n_regions"), *(m.get(k) for k in keys)]
             for b, m in encoder["region_text_retrieval"].items()
         ]
-        parts.append(_table(["benchmark", "regions", *keys], rows))
+        parts.append(markdown_table(["benchmark", "regions", *keys], rows))
     if "image_text_retrieval" in encoder:
         m = encoder["image_text_retrieval"]
         keys = ["i2t_R@1", "i2t_R@5", "i2t_R@10", "t2i_R@1", "t2i_R@5", "t2i_R@10"]
         parts.append("\n### Image-text retrieval\n")
-        parts.append(_table(["images", *keys], [[m.get("n_images"), *(m.get(k) for k in keys)]]))
+        parts.append(markdown_table(["images", *keys], [[m.get("n_images"), *(m.get(k) for k in keys)]]))
     if "zero_shot_classification" in encoder:
         m = encoder["zero_shot_classification"]
         parts.append("\n### Zero-shot classification\n")
         parts.append(
-            _table(
+            markdown_table(
                 ["n", "top-1", "top-5", "mean per class"],
                 [[m["n"], m.get("top1"), m.get("top5"), m.get("mean_per_class")]],
             )

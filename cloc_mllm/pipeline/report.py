@@ -13,6 +13,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from cloc_mllm.eval import report as eval_report  # noqa: E402
 from cloc_mllm.eval.metrics import paired_bootstrap_gap  # noqa: E402
 from cloc_mllm.eval.report import save_figure, write_json  # noqa: E402
 
@@ -139,10 +140,8 @@ def format_cell(value) -> str:
 
 
 def markdown_table(header: list[str], rows: list[list]) -> str:
-    """A markdown table whose cells go through ``format_cell``."""
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(format_cell(v) for v in row) + " |" for row in rows]
-    return "\n".join(lines)
+    """The report's markdown table: cells through ``format_cell`` (booleans as yes/no)."""
+    return eval_report.markdown_table(header, rows, cell=format_cell)
 
 
 def plot_claims(claims: list[Claim], path: Path) -> None:

@@ -214,7 +214,8 @@ def plot_digit_gain(results: dict, path: Path) -> None:
     ax.axhline(0, color="black", linewidth=0.8)
     ax.set_xticks([i + 0.4 - width / 2 for i in range(len(names))], names, rotation=45, ha="right")
     ax.set(
-        ylabel="loss with another image - own (nats)", title="What each box digit reads from the image (val)"
+        ylabel="loss with another image - own (nats)",
+        title="What each box digit reads from the image (val; a hundreds digit from the prior alone costs ~2 nats)",
     )
     ax.legend(fontsize=7)
     ax.grid(axis="y", alpha=0.3)
