@@ -44,10 +44,9 @@ def digit_names(answer_tokens: list[str]) -> list[str | None]:
 
 
 @torch.no_grad()
-def digit_losses(llava: Path, data: Path, image_folder: Path, limit: int, batch_size: int = 16) -> dict:
+def digit_losses(model, processor, data: Path, image_folder: Path, limit: int, batch_size: int = 16) -> dict:
     """Mean loss per box position with the record's own image and with another record's, and the
     mean norm of the projected image tokens beside the LLM's token embeddings."""
-    model, processor = load_mllm(llava, device="cpu")
     dataset = LazySupervisedDataset(
         data, image_folder, processor, num_image_tokens=model.config.image_seq_length
     )
@@ -59,6 +58,7 @@ def digit_losses(llava: Path, data: Path, image_folder: Path, limit: int, batch_
     counts: dict[str, int] = defaultdict(int)
     norms = []
     for batch in DataLoader(dataset, batch_size=batch_size, collate_fn=collate):
+        batch = {key: value.to(model.device) for key, value in batch.items()}
         labels = batch.pop("labels")  # (B, L)
         image_tokens = model.get_image_features(pixel_values=batch["pixel_values"]).pooler_output  # (B, N, D)
         norms.append(torch.cat(list(image_tokens)).norm(dim=-1).mean().item())
@@ -98,7 +98,9 @@ def main() -> None:
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     results = {
-        path: digit_losses(Path(path), Path(args.data), Path(args.image_folder), args.limit)
+        path: digit_losses(
+            *load_mllm(path, device="cpu"), Path(args.data), Path(args.image_folder), args.limit
+        )
         for path in args.llava
     }
     Path(args.out).write_text(json.dumps(results, indent=1))

@@ -107,9 +107,7 @@ def main() -> None:
     if unavailable:
         raise SystemExit(f"benchmarks not found: {unavailable}")
     summary_path = out / "summary.json"
-    summary = (
-        json.loads(summary_path.read_text()) if summary_path.exists() else {"args": vars(args), "results": {}}
-    )
+    summary = read_summary(summary_path) if summary_path.exists() else {"args": vars(args), "results": {}}
     for order in args.orders.split(","):
         data, val_data = out / f"train_{order}.json", out / f"val_{order}.json"
         if not val_data.exists():
@@ -144,8 +142,7 @@ def main() -> None:
             log = json.loads((llava / "train_summary.json").read_text())["log_history"]
             summary["results"][key] = {
                 "val": {
-                    step: score(path, benchmarks, template)
-                    | {"digit_loss": digit_losses(path, val_data, world / "refer", limit=256)}
+                    step: score(*load_mllm(path), benchmarks, template, val_data, world / "refer")
                     for step, path in sorted(checkpoints.items())
                 },
                 "loss": [(h["step"], h["loss"]) for h in log if "loss" in h],
@@ -157,9 +154,16 @@ def main() -> None:
     plot_digit_gain(summary["results"], out / "digit_gain.png")
 
 
-def score(llava: Path, benchmarks, template: str) -> dict:
-    """Val grounding of one saved LLaVA: metrics per split and its first answers."""
-    model, processor = load_mllm(llava)
+def read_summary(path: Path) -> dict:
+    """summary.json with each variant's step keys back to ints (json wrote them as strings)."""
+    summary = json.loads(path.read_text())
+    for result in summary["results"].values():
+        result["val"] = {int(step): scores for step, scores in result["val"].items()}
+    return summary
+
+
+def score(model, processor, benchmarks, template: str, val_data: Path, image_folder: Path) -> dict:
+    """Val grounding of one LLaVA (metrics per split, its first answers) and its per-digit image gain."""
     metrics, rows = evaluate_mllm_grounding(model, processor, benchmarks, prompt=template)
     return {
         "metrics": {
@@ -173,14 +177,15 @@ def score(llava: Path, benchmarks, template: str) -> dict:
         "answers": {
             split: [r["answer"] for r in list(split_rows.values())[:8]] for split, split_rows in rows.items()
         },
+        "digit_loss": digit_losses(model, processor, val_data, image_folder, limit=256),
     }
 
 
 def plot(results: dict, path: Path) -> None:
     fig, (acc_ax, loss_ax) = plt.subplots(1, 2, figsize=(11, 4))
     for key, result in results.items():
-        steps = sorted(int(s) for s in result["val"])
-        val = [result["val"][s if s in result["val"] else str(s)]["metrics"] for s in steps]
+        steps = sorted(result["val"])
+        val = [result["val"][s]["metrics"] for s in steps]
         acc_ax.plot(
             steps, [100 * sum(m["acc@0.5"] for m in v.values()) / len(v) for v in val], marker="o", label=key
         )
@@ -192,11 +197,12 @@ def plot(results: dict, path: Path) -> None:
         ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def last(result: dict) -> dict:
-    """The scores of a variant's last stage-2 step (json keys are strings)."""
-    return result["val"][max(result["val"], key=int)]
+    """The scores of a variant's last stage-2 step."""
+    return result["val"][max(result["val"])]
 
 
 def plot_digit_gain(results: dict, path: Path) -> None:
