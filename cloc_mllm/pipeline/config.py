@@ -114,7 +114,8 @@ class PipelineConfig:
         default=False,
         metadata=_help(
             "Stage 2 keeps the LLM's token embeddings (tied to its LM head in SmolLM2) frozen: two thirds of a "
-            "4-layer cut's weights; 1.08-1.21x faster a step on 2 CPU cores, the loss a little slower (docs/mllm.md)."
+            "4-layer cut's weights; in fp32 on 2 CPU cores 1.30x (one process) to 1.48x (two DeepSpeed ranks) the "
+            "tokens/s, the loss a little slower (bench/results/finetune_launch-cpu.md)."
         ),
     )
     finetune_precision: str = field(
