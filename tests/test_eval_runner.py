@@ -109,7 +109,11 @@ def test_mllm_end_to_end_and_compare(world, tmp_path, monkeypatch):
             counts["items"] == 3 and counts["scored"] == 3
         )  # a random model's gibberish is scored as misses
         assert 0 <= results["referring"][bench]["noun"] <= 1
-    assert "## Referring" in (out / "results.md").read_text()
+    md = (out / "results.md").read_text()
+    assert "## Referring" in md and "## What the image gives each box digit" in md
+    gain = results["image_digit_gain"]  # 3 + 3 items drawn from both benchmarks, the true boxes as answers
+    assert gain["records"] == 6 and gain["digits"] and set(gain["gain"]) == set(gain["digits"])
+    assert "image_digit_gain" in results["timing"]
 
     other = tmp_path / "results" / "other"
     other.mkdir()

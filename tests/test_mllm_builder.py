@@ -91,6 +91,26 @@ def test_deep_projector_uses_cloc_llava_and_reloads(parts, tmp_path):
     assert torch.allclose(again.model.multi_modal_projector(x), model.model.multi_modal_projector(x))
 
 
+def test_patch_position_llava_reloads_and_moves_tokens_by_place(parts, tmp_path):
+    model, processor = build_llava(LlavaBuildArgs(*parts, mm_patch_position=True))
+    assert type(model) is ClocLlavaForConditionalGeneration and model.config.patch_position
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    again = AutoModelForImageTextToText.from_pretrained(tmp_path)
+    x = torch.randn(1, 16, 32)
+    assert torch.allclose(again.model.multi_modal_projector(x), model.model.multi_modal_projector(x))
+    text = processor.apply_chat_template([{"role": "user", "content": "<image>\nhi"}], add_generation_prompt=True)
+    batch = processor(images=[Image.new("RGB", (32, 32))], text=[text], add_special_tokens=False, return_tensors="pt")
+    projector = again.model.multi_modal_projector
+    with torch.no_grad():  # what the LLM receives in the image placeholders: projected patches + their place
+        image_rows = again(**batch, output_hidden_states=True).hidden_states[0][0][
+            batch["input_ids"][0] == again.config.image_token_id
+        ]  # (16, H)
+        patches = again.model.vision_tower(batch["pixel_values"], output_hidden_states=True).hidden_states[-2]
+        place = (projector.row_embed[:, None] + projector.column_embed[None]).flatten(0, 1)  # (16, H)
+        assert torch.allclose(image_rows, projector.projector(patches[0, 1:]) + place, atol=1e-5)
+
+
 def test_rejects_non_clip_tower(parts, tmp_path):
     AutoModelForCausalLM.from_pretrained(parts[1]).save_pretrained(tmp_path)
     with pytest.raises(ValueError, match="must be a CLIP-format model"):

@@ -5,6 +5,7 @@ from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
 
 from cloc_mllm.mllm.projector import (
     MLPProjector,
+    PatchPositionProjector,
     is_plain_llava_projector,
     llava_projector_act,
     pin_linear_projector,
@@ -39,3 +40,20 @@ def test_mlp_projector_layers():
     projector = MLPProjector(8, 16, depth=3)
     linears = [m for m in projector.layers if isinstance(m, torch.nn.Linear)]
     assert len(linears) == 3 and projector(torch.randn(2, 4, 8)).shape == (2, 4, 16)
+
+
+def test_patch_position_projector_marks_each_row_and_column():
+    base = MLPProjector(8, 16, depth=2)
+    projector = PatchPositionProjector(base, grid=3, hidden_size=16)
+    same = torch.randn(1, 1, 8).expand(2, 9, 8)  # one feature at every patch: only the place differs
+    tokens = projector(same)  # (2, 9, 16)
+    added = (tokens - base(same))[0].reshape(3, 3, 16)
+    row, column = projector.row_embed.detach(), projector.column_embed.detach()
+    assert torch.allclose(added, row[:, None] + column[None], atol=1e-6)
+    assert torch.cdist(tokens[0], tokens[0]).add(torch.eye(9) * 1e3).min() > 0.1  # 9 distinct tokens
+    with_cls = projector(torch.randn(2, 10, 8))  # CLS first: no position, then the grid in raster order
+    assert with_cls.shape == (2, 10, 16)
+    with pytest.raises(ValueError, match="3x3 grid"):
+        projector(torch.randn(2, 8, 8))
+    tokens.sum().backward()
+    assert projector.column_embed.grad is not None and projector.row_embed.grad.abs().sum() > 0

@@ -10,7 +10,13 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import AutoProcessor, AutoTokenizer, HfArgumentParser, LlavaForConditionalGeneration
+from transformers import (
+    AutoModelForImageTextToText,
+    AutoProcessor,
+    AutoTokenizer,
+    HfArgumentParser,
+    LlavaForConditionalGeneration,
+)
 
 from cloc_mllm.data.synthetic import SyntheticWorldConfig, write_world
 from cloc_mllm.mllm.builder import LlavaBuildArgs, build_llava
@@ -155,6 +161,21 @@ def test_stage1_saves_projector_only_and_stage2_starts_from_it(world, tmp_path):
     other, _ = build_llava(LlavaBuildArgs(world["tower"], world["llm"], mm_projector_type="mlp3x_gelu"))
     with pytest.raises(ValueError, match="projector weights do not fit"):
         load_projector(other, stage1)
+
+
+def test_patch_position_embeddings_train_in_stage1_and_carry_into_stage2(world, tmp_path):
+    stage1, stage2 = tmp_path / "stage1", tmp_path / "stage2"
+    _train(world, stage1, "--tune_mm_mlp_adapter", "True", "--mm_patch_position", "True", "--max_steps", "4")
+    weights = load_file(stage1 / PROJECTOR_FILE)
+    assert {"multi_modal_projector.row_embed", "multi_modal_projector.column_embed"} <= set(weights)
+    assert "multi_modal_projector.projector.linear_1.weight" in weights
+    fresh, _ = build_llava(LlavaBuildArgs(world["tower"], world["llm"], model_max_length=320, mm_patch_position=True))
+    assert not torch.equal(fresh.model.multi_modal_projector.row_embed, weights["multi_modal_projector.row_embed"])
+    _train(world, stage2, "--mm_patch_position", "True", "--pretrain_mm_mlp_adapter", str(stage1), "--max_steps", "2")
+    tuned = AutoModelForImageTextToText.from_pretrained(stage2)
+    assert tuned.config.model_type == "cloc_llava" and tuned.config.patch_position
+    moved = tuned.model.multi_modal_projector.column_embed - weights["multi_modal_projector.column_embed"]
+    assert 0 < moved.abs().max() < 0.1  # stage 2 went on from stage 1's embeddings
 
 
 def test_freeze_embeddings_trains_the_layers_and_keeps_the_token_table(world, tmp_path):

@@ -255,6 +255,11 @@ def test_ci_profile_end_to_end(tmp_path):
     # the LLaVA gap with its interval, and the reference answers beside the grounding figures
     gap = report["mllm_gap"]
     assert gap["low"] <= gap["gap"] <= gap["high"] and "bootstrap interval" in report_md
+    # what each LLaVA reads from the image, per box digit, beside its grounding figures
+    for name in ("llava_clip", "llava_cloc", "llava_cloc_regions"):
+        gain = report["metrics"][name]["image_digit_gain"]
+        assert gain["records"] > 1 and "x1 hundreds" in gain["gain"], name
+    assert "| LLaVA-CLOC | " in report_md and "x1 hundreds digit" in report_md
     reference = report["metrics"]["llava_cloc"]["grounding"]["refcoco_testA"]["reference"]
     assert 0 < reference["random_object_acc@0.5"] <= reference["random_same_class_acc@0.5"] <= 1
     # per tower: stage 1 (projector only), then stage 2 (LoRA) from its projector

@@ -101,6 +101,18 @@ def referring_table(referring: dict[str, dict]) -> str:
     return markdown_table(["benchmark", "n", "exact", "noun", "token F1", "CIDEr"], rows)
 
 
+def digit_gain_table(gain: dict) -> str:
+    """Per box digit: answer loss with the item's own image, with another item's, and the gain (nats)."""
+    rows = [
+        [name, row["own"], row["other"], f"{row['other'] - row['own']:+.3f}", row["tokens"]]
+        for name, row in gain["digits"].items()
+    ]
+    return markdown_table(
+        ["box digit", "loss, own image", "loss, another image", "gain (nats)", "tokens"], rows,
+        cell=lambda v: f"{v:.3f}" if isinstance(v, float) else str(v),
+    )  # fmt: skip
+
+
 def encoder_tables(encoder: dict) -> str:
     parts = []
     if "region_recognition" in encoder:
@@ -166,6 +178,15 @@ def results_markdown(results: dict, plots: Sequence[str] = ()) -> str:
             "",
             grounding_table(results["grounding"]),
         ]
+    if results.get("image_digit_gain"):
+        gain = results["image_digit_gain"]
+        lines += [
+            "", "## What the image gives each box digit", "",
+            f"The true boxes of {gain['records']} grounding items, scored with each item's own image and with "
+            "another item's (nats; cloc_mllm.eval.digit_gain). A model that ignores the image gains 0; on the "
+            "hundreds digits of x1 and y1 (a tenth of the image) the gain is the localisation itself.", "",
+            digit_gain_table(gain),
+        ]  # fmt: skip
     if results.get("referring"):
         lines += ["", "## Referring (box -> phrase)", "", referring_table(results["referring"])]
     if results.get("encoder"):

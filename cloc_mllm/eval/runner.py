@@ -97,6 +97,13 @@ class EvalArguments:
     batch_size: int = field(default=16, metadata={"help": "Images per forward pass."})
     max_new_tokens: int = field(default=32, metadata={"help": "MLLM answer length."})
     referring: bool = field(default=True, metadata={"help": "Also evaluate MLLM referring (box -> phrase)."})
+    digit_gain_items: int = field(
+        default=256,
+        metadata={
+            "help": "MLLM: grounding items scored for the per-digit image gain (what the image gives each box "
+            "digit; cloc_mllm.eval.digit_gain); 0 = not computed."
+        },
+    )
     region_prompts: bool | None = field(
         default=None, metadata={"help": "Referring with <region> tokens (default: when the MLLM has them)."}
     )
@@ -299,6 +306,13 @@ def _grounding(args, loaded, benchmarks, cache_dir, shard, timer, results) -> di
         "mllm_grounding", evaluate_mllm_grounding, loaded.model, loaded.processor, benchmarks, cache_dir, shard,
         args.batch_size, args.max_new_tokens,
     )  # fmt: skip
+    if args.digit_gain_items and shard.is_main:  # a few hundred items: one rank is enough
+        from cloc_mllm.eval.digit_gain import image_digit_gain
+
+        results["image_digit_gain"] = timer.run(
+            "image_digit_gain", image_digit_gain, loaded.model, loaded.processor, benchmarks, args.digit_gain_items,
+            batch_size=args.batch_size,
+        )  # fmt: skip
     if args.referring:
         use_regions = args.region_prompts
         if use_regions is None:

@@ -64,6 +64,10 @@ class LlavaBuildArgs:
     region_prompts: bool = field(
         default=False, metadata={"help": "Ferret*: <region> tokens via the Prompter"}
     )
+    mm_patch_position: bool = field(
+        default=False,
+        metadata={"help": "add learned row / column embeddings to the projected patch tokens (cloc_llava)"},
+    )
 
     def save(self, out_dir: str | Path) -> None:
         write_text_atomic(Path(out_dir) / BUILD_ARGS_FILE, json.dumps(dataclasses.asdict(self), indent=2))
@@ -173,14 +177,14 @@ def llava_config(
         projector_hidden_act=llava_projector_act(args.mm_projector_type),
         tie_word_embeddings=text_config.tie_word_embeddings,
     )
-    if is_plain_llava_projector(args.mm_projector_type) and not args.region_prompts:
+    if is_plain_llava_projector(args.mm_projector_type) and not (args.region_prompts or args.mm_patch_position):
         return LlavaConfig(**common)
     from cloc_mllm.mllm.modeling_cloc_llava import ClocLlavaConfig
 
+    common.update(mm_projector_type=args.mm_projector_type, patch_position=args.mm_patch_position)
     if not args.region_prompts:
-        return ClocLlavaConfig(mm_projector_type=args.mm_projector_type, **common)
+        return ClocLlavaConfig(**common)
     return ClocLlavaConfig(
-        mm_projector_type=args.mm_projector_type,
         region_prompts=True,
         prompter_config=cloc_config.prompter_config.to_diff_dict(),
         region_embed_dim=cloc_config.projection_dim,
@@ -253,6 +257,10 @@ def assemble_llava(
     model.lm_head = llm.get_output_embeddings()
     dtype = llm.get_input_embeddings().weight.dtype
     model.model.multi_modal_projector = _fresh_projector(config, args.mm_projector_type).to(dtype)
+    if args.mm_patch_position:
+        from cloc_mllm.mllm.modeling_cloc_llava import with_patch_position
+
+        model.model.multi_modal_projector = with_patch_position(model.model.multi_modal_projector, config).to(dtype)
     if args.region_prompts:
         from cloc_mllm.mllm.modeling_cloc_llava import make_region_encoder
 

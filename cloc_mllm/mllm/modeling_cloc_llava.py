@@ -1,7 +1,8 @@
 """``cloc_llava``: transformers' Llava plus what plain Llava cannot hold.
 
-Used only when needed -- a projector deeper than two layers (``mlp3x_gelu``...) or region prompts
-(Ferret*, see ``region_prompts.py``); everything else is saved as a plain ``llava`` checkpoint. Importing
+Used only when needed -- a projector deeper than two layers (``mlp3x_gelu``...), patch-position
+embeddings (``PatchPositionProjector``) or region prompts (Ferret*, see ``region_prompts.py``); everything
+else is saved as a plain ``llava`` checkpoint. Importing
 this module registers the type with ``AutoConfig`` and ``AutoModelForImageTextToText``.
 """
 
@@ -17,7 +18,12 @@ from transformers import (
     LlavaForConditionalGeneration,
 )
 
-from cloc_mllm.mllm.projector import MLPProjector, is_plain_llava_projector, projector_depth
+from cloc_mllm.mllm.projector import (
+    MLPProjector,
+    PatchPositionProjector,
+    is_plain_llava_projector,
+    projector_depth,
+)
 from cloc_mllm.mllm.region_prompts import NO_BOX, RegionEncoder
 from cloc_mllm.prompter import restore_geometry
 
@@ -26,6 +32,7 @@ from cloc_mllm.prompter import restore_geometry
 class ClocLlavaConfig(LlavaConfig):
     """Llava config + ``mm_projector_type`` (LLaVA's name) and the region-prompt settings.
 
+    ``patch_position``: the projector adds learned row / column embeddings to the patch tokens.
     ``prompter_config`` is the CLOC ``PrompterConfig`` as a dict, ``region_embed_dim`` the CLOC
     projection dim the Prompter outputs, ``region_token_id`` the id of ``<region>``.
     """
@@ -33,6 +40,7 @@ class ClocLlavaConfig(LlavaConfig):
     model_type = "cloc_llava"
 
     mm_projector_type: str = "mlp2x_gelu"
+    patch_position: bool = False
     region_prompts: bool = False
     prompter_config: dict | None = None
     region_embed_dim: int = 0
@@ -57,6 +65,8 @@ class ClocLlavaForConditionalGeneration(LlavaForConditionalGeneration):
                 projector_depth(config.mm_projector_type),
                 bias=config.multimodal_projector_bias,
             )
+        if config.patch_position:
+            self.model.multi_modal_projector = with_patch_position(self.model.multi_modal_projector, config)
         if config.region_prompts:
             self.model.region_encoder = make_region_encoder(config)
         self.post_init()
@@ -128,11 +138,20 @@ def _fill(embeds: Tensor, mask: Tensor, features: Tensor, kind: str) -> Tensor:
     return embeds.masked_scatter(mask.unsqueeze(-1), features)
 
 
+def patch_grid(config: ClocLlavaConfig) -> int:
+    """Patches per side of the config's vision tower."""
+    return config.vision_config.image_size // config.vision_config.patch_size
+
+
+def with_patch_position(projector: torch.nn.Module, config: ClocLlavaConfig) -> PatchPositionProjector:
+    """``projector`` plus the row / column embeddings of the config's patch grid."""
+    return PatchPositionProjector(projector, patch_grid(config), config.text_config.hidden_size)
+
+
 def make_region_encoder(config: ClocLlavaConfig) -> RegionEncoder:
     """The region encoder a ``cloc_llava`` config describes."""
-    grid = config.vision_config.image_size // config.vision_config.patch_size
     return RegionEncoder(
-        config.prompter_config, grid, config.region_embed_dim, config.text_config.hidden_size
+        config.prompter_config, patch_grid(config), config.region_embed_dim, config.text_config.hidden_size
     )
 
 

@@ -56,6 +56,10 @@ class ModelArguments:
     mm_projector_type: str = field(default="mlp2x_gelu", metadata={"help": "linear | mlp<N>x_gelu"})
     mm_vision_select_layer: int = field(default=-2, metadata={"help": "tower layer fed to the projector"})
     mm_vision_select_feature: str = field(default="patch", metadata={"help": "patch | cls_patch"})
+    mm_patch_position: bool = field(
+        default=False,
+        metadata={"help": "add learned row / column embeddings to the projected patch tokens (cloc_llava)"},
+    )
     tune_mm_mlp_adapter: bool = field(
         default=False, metadata={"help": "stage 1: train and save the projector only"}
     )
@@ -124,6 +128,7 @@ def build_args_from(model_args: ModelArguments, data_args: DataArguments, traini
         image_aspect_ratio=data_args.image_aspect_ratio,
         model_max_length=training_args.model_max_length,
         region_prompts=model_args.region_prompts,
+        mm_patch_position=model_args.mm_patch_position,
     )
 
 

@@ -101,6 +101,13 @@ class PipelineConfig:
     vision_select_layer: int = field(
         default=-2, metadata=_help("Tower layer fed to the projector (LLaVA's -2; -1 = the last).")
     )
+    patch_position: bool = field(
+        default=False,
+        metadata=_help(
+            "Both LLaVAs' projectors add learned row / column embeddings to the patch tokens (a cloc_llava "
+            "checkpoint instead of a plain llava one; what it changes: experiments/llava_prompt_order)."
+        ),
+    )
     align_steps: int = field(
         default=100,
         metadata=_help("LLaVA stage 1 per tower: projector-only steps, tower and LLM frozen (0 = none)."),

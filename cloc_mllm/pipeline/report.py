@@ -14,6 +14,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from cloc_mllm.eval import report as eval_report  # noqa: E402
+from cloc_mllm.eval.digit_gain import COORDINATES  # noqa: E402
 from cloc_mllm.eval.metrics import paired_bootstrap_gap  # noqa: E402
 from cloc_mllm.eval.report import save_figure, write_json  # noqa: E402
 
@@ -228,6 +229,10 @@ def describe_llm(llm_source: dict) -> str:
     return f"{llm_source['source']}, {depth}, {llm_source['parameters'] / 1e6:.1f} M parameters"
 
 
+def _nats(value: float | None) -> str:
+    return "—" if value is None else f"{value:+.3f}"
+
+
 def write_report(
     out_dir: Path, config: dict, metrics: dict[str, dict], logs: dict[str, list[dict]], timings: dict, llm_source: dict
 ) -> dict:
@@ -275,6 +280,10 @@ def write_report(
          metric_at(metrics["cloc"], "grounding", s, *where), metric_at(metrics["llava_cloc"], "grounding", s, "localisation", "centre_error_blind")]
         for s in splits
     ]  # fmt: skip
+    gain_rows = [
+        [LABELS[name]] + [_nats(metrics[name]["image_digit_gain"]["gain"].get(f"{c} hundreds")) for c in COORDINATES]
+        for name in LABELS if "image_digit_gain" in metrics.get(name, {})
+    ]  # fmt: skip
     md = [
         "# cloc-mllm main job: CLIP vs CLOC on the synthetic world",
         "",
@@ -321,6 +330,13 @@ def write_report(
         "(the test boxes' mean centre): an MLLM near the blind figure is not looking at the image.",
         "",
         markdown_table(["split", "LLaVA-CLIP", "LLaVA-CLOC", "CLOC grounding head", "blind guess"], centre_rows),
+        "",
+        "What each LLaVA reads from the image (cloc_mllm.eval.digit_gain): the test items' true boxes scored "
+        "as answers with each item's own image and with another item's; the gain in nats on the hundreds digit "
+        "of each coordinate (a tenth of the image). 0 = the answer does not depend on the image; locating the "
+        "object to a tenth of the image is worth well over 1 nat on x1 and y1.",
+        "",
+        markdown_table(["LLaVA", *(f"{c} hundreds digit" for c in COORDINATES)], gain_rows) if gain_rows else "(not evaluated)",
         "",
         "![mllm](mllm_grounding.png)",
         "",

@@ -207,6 +207,8 @@ def finetune(
         args += ["--pretrain_mm_mlp_adapter", str(adapter)]
     if region_prompts:
         args += ["--region_prompts", "True"]
+    if config.patch_position:
+        args += ["--mm_patch_position", "True"]
     if projector_only:
         args += ["--tune_mm_mlp_adapter", "True"]
     elif config.lora_r:

@@ -27,6 +27,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from cloc_mllm.data.refer import load_refer  # noqa: E402
 from cloc_mllm.eval.benchmarks import load_grounding_benchmarks  # noqa: E402
+from cloc_mllm.eval.digit_gain import digit_losses  # noqa: E402
 from cloc_mllm.eval.mllm_grounding import evaluate_mllm_grounding  # noqa: E402
 from cloc_mllm.mllm.inference import load_mllm  # noqa: E402
 from cloc_mllm.mllm.instruct_builders import (  # noqa: E402
@@ -38,7 +39,6 @@ from cloc_mllm.mllm.instruct_builders import (  # noqa: E402
 from cloc_mllm.mllm.templates import IMAGE_TOKEN  # noqa: E402
 from cloc_mllm.pipeline import stages  # noqa: E402
 from cloc_mllm.pipeline.config import config_for_profile  # noqa: E402
-from experiments.llava_prompt_order.digit_loss import digit_losses  # noqa: E402
 
 ORDERS = ("question_first", "image_first")
 
@@ -53,7 +53,19 @@ def move_image_after_question(records: list[dict]) -> list[dict]:
     return records
 
 
-def grounding_data(world: Path, order: str, seed: int, out_path: Path, split: str = "train") -> int:
+def prefix_answers(records: list[dict], prefix: str) -> list[dict]:
+    """``[x1, ...]`` -> ``{prefix}[x1, ...]`` in each record's answers: the LLM gets answer positions to
+    work at before it must write x1's first digit (y1's digits, which come later, are read from the
+    image; x1's, written first, are not)."""
+    for record in records:
+        for turn in record["conversations"][1::2]:
+            turn["value"] = prefix + turn["value"]
+    return records
+
+
+def grounding_data(
+    world: Path, order: str, seed: int, out_path: Path, split: str = "train", answer_prefix: str = ""
+) -> int:
     """Single-turn grounding records of RefCOCO/+/g ``split`` in ``order``; returns their number."""
     records = []
     for dataset, split_by in (("refcoco", "unc"), ("refcoco+", "unc"), ("refcocog", "umd")):
@@ -68,7 +80,7 @@ def grounding_data(world: Path, order: str, seed: int, out_path: Path, split: st
         )
     if order == "question_first":
         records = move_image_after_question(records)
-    write_records(records, out_path)
+    write_records(prefix_answers(records, answer_prefix), out_path)
     return len(records)
 
 
@@ -92,13 +104,19 @@ def main() -> None:
     parser.add_argument(
         "--vision_select_layer", type=int, default=-2, help="the tower layer the projector reads"
     )
+    parser.add_argument(
+        "--patch_position", action="store_true", help="projectors add learned row / column embeddings"
+    )
+    parser.add_argument(
+        "--answer_prefix", default="", help="text every answer starts with before its box (e.g. 'The object is at ')"
+    )
     args = parser.parse_args()
 
     run, out = Path(args.run), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     config = config_for_profile(
         args.profile, out_dir=str(run), align_steps=args.align_steps, finetune_steps=args.finetune_steps,
-        vision_select_layer=args.vision_select_layer,
+        vision_select_layer=args.vision_select_layer, patch_position=args.patch_position,
         **{name: getattr(args, name) for name in ("align_lr", "finetune_lr") if getattr(args, name) is not None},
     )  # fmt: skip
     world, llm = run / "world", run / "finetune" / "llm"
@@ -109,11 +127,12 @@ def main() -> None:
     summary_path = out / "summary.json"
     summary = read_summary(summary_path) if summary_path.exists() else {"args": vars(args), "results": {}}
     for order in args.orders.split(","):
-        data, val_data = out / f"train_{order}.json", out / f"val_{order}.json"
+        name = order + ("_prefixed" if args.answer_prefix else "")
+        data, val_data = out / f"train_{name}.json", out / f"val_{name}.json"
         if not val_data.exists():
-            grounding_data(world, order, config.seed, val_data, split="val")
+            grounding_data(world, order, config.seed, val_data, split="val", answer_prefix=args.answer_prefix)
         if not data.exists():
-            print(order, grounding_data(world, order, config.seed, data), "records")
+            print(order, grounding_data(world, order, config.seed, data, answer_prefix=args.answer_prefix), "records")
         for tower in args.towers.split(","):
             key = f"{tower}/{order}" + (f"/{args.tag}" if args.tag else "")
             if key in summary["results"]:
@@ -152,6 +171,7 @@ def main() -> None:
             print(key, json.dumps(summary["results"][key]["val"][args.finetune_steps]["metrics"]))
     plot(summary["results"], out / "curve.png")
     plot_digit_gain(summary["results"], out / "digit_gain.png")
+    plot_gain_curves(summary["results"], out / "gain_curves.png")
 
 
 def read_summary(path: Path) -> dict:
@@ -225,6 +245,27 @@ def plot_digit_gain(results: dict, path: Path) -> None:
     )
     ax.legend(fontsize=7)
     ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_gain_curves(results: dict, path: Path) -> None:
+    """Per variant scored at several stage-2 steps: the image gain of x1's and y1's hundreds digits."""
+    keys = [key for key, result in results.items() if len(result["val"]) > 1]
+    if not keys:
+        return
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    for ax, coordinate in zip(axes, ("x1", "y1"), strict=True):
+        for key in keys:
+            steps = sorted(results[key]["val"])
+            digits = [results[key]["val"][s]["digit_loss"]["digits"][f"{coordinate} hundreds"] for s in steps]
+            ax.plot(steps, [d["other"] - d["own"] for d in digits], marker="o", label=key)
+        ax.axhline(0, color="black", linewidth=0.8)
+        ax.set(xlabel="stage-2 step", title=f"{coordinate}'s hundreds digit: what the image gives (val)")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("loss with another image - own (nats)")
+    axes[1].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
