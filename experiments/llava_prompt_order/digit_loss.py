@@ -11,14 +11,19 @@ from cloc_mllm.eval.digit_gain import digit_losses
 from cloc_mllm.mllm.inference import load_mllm
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def llava_records_parser(description: str) -> argparse.ArgumentParser:
+    """Saved LLaVAs, held-out grounding records and where to write: this script's and wrong_x1's."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--llava", required=True, nargs="+")
-    parser.add_argument("--data", required=True, help="LLaVA json of held-out grounding records")
+    parser.add_argument("--data", required=True, help="LLaVA json of held-out single-turn grounding records")
     parser.add_argument("--image_folder", required=True)
     parser.add_argument("--limit", type=int, default=256)
     parser.add_argument("--out", required=True)
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = llava_records_parser(__doc__.split("\n\n")[0]).parse_args()
     results = {
         path: digit_losses(
             *load_mllm(path, device="cpu"), Path(args.data), Path(args.image_folder), args.limit

@@ -8,7 +8,6 @@ x1 (a different hundreds digit); the rise of y1's loss is what y1 owed to the tr
 
 from __future__ import annotations
 
-import argparse
 import json
 import random
 import re
@@ -17,6 +16,7 @@ from pathlib import Path
 
 from cloc_mllm.eval.digit_gain import digit_losses
 from cloc_mllm.mllm.inference import load_mllm
+from experiments.llava_prompt_order.digit_loss import llava_records_parser
 
 _BOX = re.compile(r"^\[(\d+), (\d+), (\d+), (\d+)\]$")
 
@@ -37,13 +37,7 @@ def with_wrong_x1(records: list[dict], seed: int = 0) -> list[dict]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--llava", required=True, nargs="+")
-    parser.add_argument("--data", required=True, help="single-turn grounding val records (LLaVA json)")
-    parser.add_argument("--image_folder", required=True)
-    parser.add_argument("--limit", type=int, default=256)
-    parser.add_argument("--out", required=True)
-    args = parser.parse_args()
+    args = llava_records_parser(__doc__.split("\n\n")[0]).parse_args()
     records = json.loads(Path(args.data).read_text())
     results = {}
     with tempfile.TemporaryDirectory() as scratch:
