@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader
+from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from cloc_mllm.box_text import format_box
 from cloc_mllm.eval.benchmarks import GroundingBenchmark
@@ -73,23 +74,31 @@ def digit_losses(model, processor, data: Path, image_folder: Path | None, limit:
             continue
         scored += batch["pixel_values"].shape[0]
         batch = {key: value.to(device) for key, value in batch.items()}
-        labels = batch.pop("labels")  # (B, L)
-        image_tokens = model.get_image_features(pixel_values=batch["pixel_values"]).pooler_output  # (B, N, D)
-        norms.append(torch.cat(list(image_tokens)).norm(dim=-1).mean().item())
+        labels, pixels = batch.pop("labels"), batch.pop("pixel_values")  # (B, L), (B, 3, H, W)
+        # one tower + projector pass serves both variants and the norm
+        image_tokens = torch.stack(list(model.get_image_features(pixel_values=pixels).pooler_output))  # (B, N, D)
+        norms.append(image_tokens.norm(dim=-1).mean().item())
+        # logits only from the position before the batch's first answer token on (the LM head over
+        # the image and question positions would cost as much as the LLM itself)
+        start = int((labels != -100).int().argmax(-1).min())
+        labels = labels[:, start:]  # (B, L')
         names = []
         for row in labels:
             answer = row[row != -100].tolist()
             row_names = iter(digit_names([tokenizer.decode([t]) for t in answer]))
             names.append([next(row_names) if t != -100 else None for t in row.tolist()])
-        for variant, pixels in (("own", batch["pixel_values"]), ("other", batch["pixel_values"].roll(1, 0))):
-            logits = model(**{**batch, "pixel_values": pixels}).logits[:, :-1].float()  # (B, L-1, V)
+        for variant, tokens in (("own", image_tokens), ("other", image_tokens.roll(1, 0))):
+            features = BaseModelOutputWithPooling(pooler_output=tuple(tokens))  # Llava reads one (N, D) per image
+            logits = model(
+                **batch, mm_encoder_outputs={"image": features}, logits_to_keep=labels.shape[1] + 1
+            ).logits[:, :-1].float()  # (B, L', V): logits[:, t] predicts labels[:, t]
             losses = torch.nn.functional.cross_entropy(
-                logits.transpose(1, 2), labels[:, 1:], ignore_index=-100, reduction="none"
-            )  # (B, L-1)
+                logits.transpose(1, 2), labels, ignore_index=-100, reduction="none"
+            ).tolist()  # (B, L')
             for b, row_names in enumerate(names):
-                for t, name in enumerate(row_names[1:]):
+                for t, name in enumerate(row_names):
                     if name is not None:
-                        sums[variant][name] += losses[b, t].item()
+                        sums[variant][name] += losses[b][t]
                         counts[name] += variant == "own"
     order = sorted(counts, key=lambda n: (COORDINATES.index(n.split()[0]), PLACES.index(n.split()[1])))
     digits = {

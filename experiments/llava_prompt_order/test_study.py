@@ -1,6 +1,11 @@
 import json
 
+import numpy as np
+import pytest
+from PIL import Image
+
 from experiments.llava_prompt_order.run import move_image_after_question, prefix_answers
+from experiments.llava_prompt_order.transpose_run import transposed_run
 from experiments.llava_prompt_order.wrong_x1 import with_wrong_x1
 
 
@@ -32,3 +37,27 @@ def test_wrong_x1_changes_the_hundreds_digit_and_keeps_a_valid_box():
         assert (y1, x2, y2) == box[1:] and x1 < x2
         # the last box ends in the first tenth: no other x1 fits left of it, so it keeps its own
         assert (x1 // 100 != box[0] // 100) or box[2] < 100
+
+
+def test_the_transposed_run_transposes_images_and_keeps_annotations(tmp_path):
+    run = tmp_path / "run"
+    images = run / "world" / "refer" / "images" / "coco"
+    images.mkdir(parents=True)
+    (run / "world" / "refer" / "refcoco").mkdir()
+    (run / "world" / "refer" / "refcoco" / "instances.json").write_text('{"boxes": [[1, 2, 3, 4]]}')
+    (run / "world" / "tokenizer").mkdir()
+    for name in ("pretrain", "finetune"):
+        (run / name).mkdir()
+    pixels = np.zeros((16, 16, 3), np.uint8)
+    pixels[2:5, 10:14] = 255  # a white block near the top right
+    Image.fromarray(pixels).save(images / "a.png")
+    transposed_run(run, tmp_path / "t")
+    out = np.asarray(Image.open(tmp_path / "t" / "world" / "refer" / "images" / "coco" / "a.png"))
+    assert (out == pixels.transpose(1, 0, 2)).all()  # now near the bottom left
+    assert (tmp_path / "t" / "world" / "refer" / "refcoco" / "instances.json").read_text() == '{"boxes": [[1, 2, 3, 4]]}'
+    assert (tmp_path / "t" / "pretrain").resolve() == (run / "pretrain").resolve()
+    assert (tmp_path / "t" / "world" / "tokenizer").is_symlink()
+
+    Image.fromarray(np.zeros((8, 16, 3), np.uint8)).save(images / "b.png")
+    with pytest.raises(ValueError, match="b.png.*not square"):
+        transposed_run(run, tmp_path / "t2")
