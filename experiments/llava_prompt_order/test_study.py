@@ -57,7 +57,9 @@ def test_the_transposed_run_transposes_images_and_keeps_annotations(tmp_path):
     assert (tmp_path / "t" / "world" / "refer" / "refcoco" / "instances.json").read_text() == '{"boxes": [[1, 2, 3, 4]]}'
     assert (tmp_path / "t" / "pretrain").resolve() == (run / "pretrain").resolve()
     assert (tmp_path / "t" / "world" / "tokenizer").is_symlink()
+    assert not (tmp_path / "t" / "world" / "refer" / "images.partial").exists()
 
     Image.fromarray(np.zeros((8, 16, 3), np.uint8)).save(images / "b.png")
     with pytest.raises(ValueError, match="b.png.*not square"):
         transposed_run(run, tmp_path / "t2")
+    assert not (tmp_path / "t2" / "world" / "refer" / "images").exists()  # no half-written folder taken as done

@@ -50,8 +50,11 @@ def transposed_run(run: Path, out: Path) -> None:
     for entry in (run / "world" / "refer").iterdir():
         if entry.name != "images" and not (refer / entry.name).exists():
             shutil.copytree(entry, refer / entry.name)  # annotations: boxes in the original frame
-    if not (refer / "images").exists():
-        print(transpose_images(run / "world" / "refer" / "images", refer / "images"), "images transposed")
+    if not (refer / "images").exists():  # written whole, then renamed: a killed run leaves no half folder
+        partial = refer / "images.partial"
+        shutil.rmtree(partial, ignore_errors=True)
+        print(transpose_images(run / "world" / "refer" / "images", partial), "images transposed")
+        partial.rename(refer / "images")
 
 
 def main() -> None:
