@@ -5,6 +5,7 @@ from PIL import Image
 from transformers import (
     AutoModelForCausalLM,
     AutoModelForImageTextToText,
+    AutoProcessor,
     CLIPVisionModel,
     LlavaForConditionalGeneration,
 )
@@ -109,6 +110,25 @@ def test_patch_position_llava_reloads_and_moves_tokens_by_place(parts, tmp_path)
         patches = again.model.vision_tower(batch["pixel_values"], output_hidden_states=True).hidden_states[-2]
         place = (projector.row_embed[:, None] + projector.column_embed[None]).flatten(0, 1)  # (16, H)
         assert torch.allclose(image_rows, projector.projector(patches[0, 1:]) + place, atol=1e-5)
+
+
+def test_row_column_llava_sees_each_patch_twice_and_generates_after_reload(parts, tmp_path):
+    model, processor = build_llava(LlavaBuildArgs(*parts, mm_patch_order="row_column", mm_patch_position=True))
+    assert model.config.model_type == "cloc_llava" and model.config.image_seq_length == 32  # 4x4 grid, twice
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    again = AutoModelForImageTextToText.from_pretrained(tmp_path)
+    processor = AutoProcessor.from_pretrained(tmp_path)
+    text = processor.apply_chat_template([{"role": "user", "content": "<image>\nhi"}], add_generation_prompt=True)
+    batch = processor(images=[Image.new("RGB", (32, 32))], text=[text], add_special_tokens=False, return_tensors="pt")
+    image = batch["input_ids"][0] == again.config.image_token_id
+    assert int(image.sum()) == 32  # the processor writes as many placeholders as the projector fills
+    with torch.no_grad():
+        image_rows = again(**batch, output_hidden_states=True).hidden_states[0][0][image]  # (32, H)
+        assert again.generate(**batch, max_new_tokens=2, do_sample=False).shape[1] == batch["input_ids"].shape[1] + 2
+    raster, columns = image_rows[:16].reshape(4, 4, -1), image_rows[16:].reshape(4, 4, -1)
+    assert torch.allclose(columns, raster.transpose(0, 1))  # the same tokens, places and all, column-major
+    assert not torch.allclose(raster, raster.transpose(0, 1), atol=1e-3)
 
 
 def test_rejects_non_clip_tower(parts, tmp_path):

@@ -5,7 +5,9 @@ from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
 
 from cloc_mllm.mllm.projector import (
     MLPProjector,
+    ColumnMajorCopy,
     PatchPositionProjector,
+    extra_image_tokens,
     is_plain_llava_projector,
     llava_projector_act,
     pin_linear_projector,
@@ -57,3 +59,20 @@ def test_patch_position_projector_marks_each_row_and_column():
         projector(torch.randn(2, 8, 8))
     tokens.sum().backward()
     assert projector.column_embed.grad is not None and projector.row_embed.grad.abs().sum() > 0
+
+
+def test_column_major_copy_follows_the_raster_tokens_with_each_column_in_turn():
+    grid = torch.arange(6.0).reshape(2, 3)  # 2 rows, 3 columns; value = raster index
+    projector = ColumnMajorCopy(torch.nn.Identity(), grid=3)
+    square = torch.arange(9.0)[None, :, None].expand(2, 9, 4)  # (2, 9, 4), a 3x3 grid
+    tokens = projector(square)
+    assert tokens.shape == (2, 18, 4)
+    assert tokens[0, :9, 0].tolist() == list(range(9))  # raster order first
+    assert tokens[0, 9:, 0].tolist() == [0, 3, 6, 1, 4, 7, 2, 5, 8]  # then column by column
+    with_cls = projector(torch.cat([torch.full((2, 1, 4), -1.0), square], dim=1))  # CLS first, not repeated
+    assert with_cls.shape == (2, 19, 4) and with_cls[0, 10:, 0].tolist() == [0, 3, 6, 1, 4, 7, 2, 5, 8]
+    with pytest.raises(ValueError, match="3x3 grid"):
+        projector(grid[None, :, :, None].flatten(1, 2))
+    assert extra_image_tokens("row", 3) == 0 and extra_image_tokens("row_column", 3) == 9
+    with pytest.raises(ValueError, match="patch order"):
+        extra_image_tokens("column", 3)

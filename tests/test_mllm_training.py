@@ -178,6 +178,15 @@ def test_patch_position_embeddings_train_in_stage1_and_carry_into_stage2(world, 
     assert 0 < moved.abs().max() < 0.1  # stage 2 went on from stage 1's embeddings
 
 
+def test_row_column_patch_order_trains_and_answers_from_the_saved_model(world, tmp_path):
+    _train(world, tmp_path / "out", "--mm_patch_order", "row_column", "--max_steps", "2")
+    model, processor = load_mllm(tmp_path / "out", device="cpu")
+    grid = model.config.vision_config.image_size // model.config.vision_config.patch_size
+    assert model.config.patch_order == "row_column" and model.config.image_seq_length == 2 * grid * grid
+    image = [__import__("PIL.Image").Image.new("RGB", (32, 32), "red")]
+    assert generate_answers(model, processor, image, ["Where is the red circle?"], max_new_tokens=4)
+
+
 def test_freeze_embeddings_trains_the_layers_and_keeps_the_token_table(world, tmp_path):
     _train(world, tmp_path / "out", "--freeze_embeddings", "True", "--max_steps", "3")
     base, _ = build_llava(LlavaBuildArgs(world["tower"], world["llm"], model_max_length=320))

@@ -28,6 +28,8 @@ def test_profile_then_flags_override():
         config_for_profile("ci", steps=3)
     with pytest.raises(ValueError, match="region_head"):
         config_for_profile("ci", region_head="mean")
+    with pytest.raises(ValueError, match="patch_order"):
+        config_for_profile("ci", patch_order="column")
     with pytest.raises(ValueError, match="instruction_kinds"):
         config_for_profile("ci", instruction_kinds="grounding,captions")
     with pytest.raises(ValueError, match="instruction_kinds"):
@@ -108,6 +110,17 @@ def test_finetune_precision_and_frozen_embeddings_reach_the_command(tmp_path, mo
     assert ["--freeze_embeddings" in command for command in launched] == [False, True] * 3
     with pytest.raises(ValueError, match="finetune_precision"):
         config_for_profile("ci", finetune_precision="fp16")
+
+
+def test_patch_layout_reaches_both_stages(tmp_path, monkeypatch):
+    launched = []
+    monkeypatch.setattr(stages.subprocess, "run", lambda command, **kwargs: launched.append(command))
+    for order in ("row", "row_column"):
+        config = config_for_profile("ci", deepspeed="", patch_order=order, patch_position=order == "row")
+        for projector_only in (True, False):
+            stages.finetune(config, tmp_path, tmp_path, tmp_path, tmp_path, tmp_path / "out", projector_only)
+    flags = [(c[c.index("--mm_patch_order") + 1] if "--mm_patch_order" in c else None, "--mm_patch_position" in c) for c in launched]
+    assert flags == [(None, True)] * 2 + [("row_column", False)] * 2
 
 
 def test_instruction_kinds_choose_the_turns(tmp_path):

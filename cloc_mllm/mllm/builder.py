@@ -33,6 +33,7 @@ from cloc_mllm.atomic_io import write_text_atomic
 from cloc_mllm.mllm.llm_source import load_language_model, load_tokenizer
 from cloc_mllm.mllm.projector import (
     MLPProjector,
+    extra_image_tokens,
     is_plain_llava_projector,
     llava_projector_act,
     pin_linear_projector,
@@ -68,6 +69,10 @@ class LlavaBuildArgs:
         default=False,
         metadata={"help": "add learned row / column embeddings to the projected patch tokens (cloc_llava)"},
     )
+    mm_patch_order: str = field(
+        default="row",
+        metadata={"help": "row (raster) | row_column (then the patches again column-major; cloc_llava)"},
+    )
 
     def save(self, out_dir: str | Path) -> None:
         write_text_atomic(Path(out_dir) / BUILD_ARGS_FILE, json.dumps(dataclasses.asdict(self), indent=2))
@@ -102,10 +107,10 @@ def make_image_processor(tower_path: str, image_size: int, image_aspect_ratio: s
     raise ValueError(f"image_aspect_ratio must be 'resize' or 'pad', got {image_aspect_ratio!r}")
 
 
-def num_image_tokens(vision_config, select_feature: str = "patch") -> int:
-    """Image tokens per image: patches, plus the CLS token for ``cls_patch``."""
-    patches = (vision_config.image_size // vision_config.patch_size) ** 2
-    return patches + (1 if select_feature == "cls_patch" else 0)
+def num_image_tokens(vision_config, select_feature: str = "patch", patch_order: str = "row") -> int:
+    """Image tokens per image: patches, plus the CLS token for ``cls_patch``, plus the column-major copy."""
+    grid = vision_config.image_size // vision_config.patch_size
+    return grid * grid + (1 if select_feature == "cls_patch" else 0) + extra_image_tokens(patch_order, grid)
 
 
 def prepare_tokenizer(
@@ -156,7 +161,10 @@ def build_processor(
         tokenizer=tokenizer,
         patch_size=vision_config.patch_size,
         vision_feature_select_strategy=_SELECT_STRATEGY[args.mm_vision_select_feature],
-        num_additional_image_tokens=1,
+        # the CLS row the tower outputs (dropped again by ``default``), then any column-major copy
+        num_additional_image_tokens=1 + extra_image_tokens(
+            args.mm_patch_order, vision_config.image_size // vision_config.patch_size
+        ),
         chat_template=tokenizer.chat_template,
     )
 
@@ -171,17 +179,22 @@ def llava_config(
         vision_config=vision_config,
         text_config=text_config,
         image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
-        image_seq_length=num_image_tokens(vision_config, args.mm_vision_select_feature),
+        image_seq_length=num_image_tokens(vision_config, args.mm_vision_select_feature, args.mm_patch_order),
         vision_feature_layer=args.mm_vision_select_layer,
         vision_feature_select_strategy=_SELECT_STRATEGY[args.mm_vision_select_feature],
         projector_hidden_act=llava_projector_act(args.mm_projector_type),
         tie_word_embeddings=text_config.tie_word_embeddings,
     )
-    if is_plain_llava_projector(args.mm_projector_type) and not (args.region_prompts or args.mm_patch_position):
+    plain = not (args.region_prompts or args.mm_patch_position or args.mm_patch_order != "row")
+    if is_plain_llava_projector(args.mm_projector_type) and plain:
         return LlavaConfig(**common)
     from cloc_mllm.mllm.modeling_cloc_llava import ClocLlavaConfig
 
-    common.update(mm_projector_type=args.mm_projector_type, patch_position=args.mm_patch_position)
+    common.update(
+        mm_projector_type=args.mm_projector_type,
+        patch_position=args.mm_patch_position,
+        patch_order=args.mm_patch_order,
+    )
     if not args.region_prompts:
         return ClocLlavaConfig(**common)
     return ClocLlavaConfig(
@@ -257,10 +270,10 @@ def assemble_llava(
     model.lm_head = llm.get_output_embeddings()
     dtype = llm.get_input_embeddings().weight.dtype
     model.model.multi_modal_projector = _fresh_projector(config, args.mm_projector_type).to(dtype)
-    if args.mm_patch_position:
-        from cloc_mllm.mllm.modeling_cloc_llava import with_patch_position
+    if config.model_type == "cloc_llava":
+        from cloc_mllm.mllm.modeling_cloc_llava import with_patch_layout
 
-        model.model.multi_modal_projector = with_patch_position(model.model.multi_modal_projector, config).to(dtype)
+        model.model.multi_modal_projector = with_patch_layout(model.model.multi_modal_projector, config).to(dtype)
     if args.region_prompts:
         from cloc_mllm.mllm.modeling_cloc_llava import make_region_encoder
 

@@ -1,7 +1,8 @@
 """``cloc_llava``: transformers' Llava plus what plain Llava cannot hold.
 
 Used only when needed -- a projector deeper than two layers (``mlp3x_gelu``...), patch-position
-embeddings (``PatchPositionProjector``) or region prompts (Ferret*, see ``region_prompts.py``); everything
+embeddings (``PatchPositionProjector``), a column-major copy of the patch tokens (``ColumnMajorCopy``) or
+region prompts (Ferret*, see ``region_prompts.py``); everything
 else is saved as a plain ``llava`` checkpoint. Importing
 this module registers the type with ``AutoConfig`` and ``AutoModelForImageTextToText``.
 """
@@ -19,6 +20,8 @@ from transformers import (
 )
 
 from cloc_mllm.mllm.projector import (
+    PATCH_ORDERS,
+    ColumnMajorCopy,
     MLPProjector,
     PatchPositionProjector,
     is_plain_llava_projector,
@@ -33,6 +36,8 @@ class ClocLlavaConfig(LlavaConfig):
     """Llava config + ``mm_projector_type`` (LLaVA's name) and the region-prompt settings.
 
     ``patch_position``: the projector adds learned row / column embeddings to the patch tokens.
+    ``patch_order``: ``row`` (the tower's raster order) or ``row_column`` (then the patches again,
+    column-major; ``image_seq_length`` counts both).
     ``prompter_config`` is the CLOC ``PrompterConfig`` as a dict, ``region_embed_dim`` the CLOC
     projection dim the Prompter outputs, ``region_token_id`` the id of ``<region>``.
     """
@@ -41,6 +46,7 @@ class ClocLlavaConfig(LlavaConfig):
 
     mm_projector_type: str = "mlp2x_gelu"
     patch_position: bool = False
+    patch_order: str = "row"
     region_prompts: bool = False
     prompter_config: dict | None = None
     region_embed_dim: int = 0
@@ -65,8 +71,7 @@ class ClocLlavaForConditionalGeneration(LlavaForConditionalGeneration):
                 projector_depth(config.mm_projector_type),
                 bias=config.multimodal_projector_bias,
             )
-        if config.patch_position:
-            self.model.multi_modal_projector = with_patch_position(self.model.multi_modal_projector, config)
+        self.model.multi_modal_projector = with_patch_layout(self.model.multi_modal_projector, config)
         if config.region_prompts:
             self.model.region_encoder = make_region_encoder(config)
         self.post_init()
@@ -143,9 +148,16 @@ def patch_grid(config: ClocLlavaConfig) -> int:
     return config.vision_config.image_size // config.vision_config.patch_size
 
 
-def with_patch_position(projector: torch.nn.Module, config: ClocLlavaConfig) -> PatchPositionProjector:
-    """``projector`` plus the row / column embeddings of the config's patch grid."""
-    return PatchPositionProjector(projector, patch_grid(config), config.text_config.hidden_size)
+def with_patch_layout(projector: torch.nn.Module, config: ClocLlavaConfig) -> torch.nn.Module:
+    """``projector`` plus what the config says of the patch tokens' places: row / column embeddings
+    (``patch_position``), then the column-major copy (``patch_order``), which so repeats them too."""
+    if config.patch_order not in PATCH_ORDERS:
+        raise ValueError(f"patch_order must be one of {PATCH_ORDERS}, got {config.patch_order!r}")
+    if config.patch_position:
+        projector = PatchPositionProjector(projector, patch_grid(config), config.text_config.hidden_size)
+    if config.patch_order == "row_column":
+        projector = ColumnMajorCopy(projector, patch_grid(config))
+    return projector
 
 
 def make_region_encoder(config: ClocLlavaConfig) -> RegionEncoder:

@@ -3,7 +3,8 @@
 transformers' ``LlavaMultiModalProjector`` is linear-act-linear. ``mlp2x_gelu`` is exactly that with GELU,
 and ``linear`` is that with the identity activation and the second layer pinned to the identity (frozen),
 so both stay plain Llava checkpoints. Deeper MLPs need ``MLPProjector`` and the ``cloc_llava`` model type,
-and so does ``PatchPositionProjector`` (any projector plus each patch's row and column).
+and so do ``PatchPositionProjector`` (any projector plus each patch's row and column) and
+``ColumnMajorCopy`` (the patch tokens again, column by column).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import torch
 from torch import nn
 
 _MLP = re.compile(r"^mlp(\d+)x_gelu$")
+PATCH_ORDERS = ("row", "row_column")  # raster order only | raster, then the same patches column-major
 
 
 def projector_depth(projector_type: str) -> int:
@@ -88,3 +90,35 @@ class PatchPositionProjector(nn.Module):
         if tokens.shape[-2] == patches + 1:
             position = torch.cat([position.new_zeros(1, position.shape[-1]), position])
         return tokens + position.to(tokens.dtype)
+
+
+class ColumnMajorCopy(nn.Module):
+    """A projector whose raster-order image tokens are followed by the same patch tokens column by
+    column: (I, N, H) -> (I, N + grid * grid, H).
+
+    Why: measured on the synthetic world (experiments/llava_prompt_order), a causal LLM reads the
+    coordinate along which the object's tokens are contiguous in the sequence -- y in raster order,
+    x once the images are transposed -- and not its place inside that stretch. With both orders in
+    the sequence each coordinate is contiguous in one copy. A CLS token ahead of the patches
+    (``cls_patch``) is not repeated.
+    """
+
+    def __init__(self, projector: nn.Module, grid: int):
+        super().__init__()
+        self.projector = projector
+        self.grid = grid
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        tokens = self.projector(features)  # (I, N, H), N = grid * grid [+ 1 CLS first]
+        patches = self.grid * self.grid
+        if tokens.shape[-2] not in (patches, patches + 1):
+            raise ValueError(f"{tokens.shape[-2]} image tokens, expected a {self.grid}x{self.grid} grid (+ CLS)")
+        grid = tokens[..., -patches:, :].unflatten(-2, (self.grid, self.grid))  # (I, rows, columns, H)
+        return torch.cat([tokens, grid.transpose(-3, -2).flatten(-3, -2)], dim=-2)  # (I, N + grid^2, H)
+
+
+def extra_image_tokens(patch_order: str, grid: int) -> int:
+    """Image tokens a ``patch_order`` adds to the tower's own (the column-major copy's)."""
+    if patch_order not in PATCH_ORDERS:
+        raise ValueError(f"patch order must be one of {PATCH_ORDERS}, got {patch_order!r}")
+    return grid * grid if patch_order == "row_column" else 0

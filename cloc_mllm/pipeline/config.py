@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, fields, replace
 from cloc_mllm.configuration_cloc import TRAINED_REGION_HEADS
 from cloc_mllm.mllm.instruct_builders import CHAT_KINDS
 from cloc_mllm.mllm.llm_source import EMBEDDED_LLM
+from cloc_mllm.mllm.projector import PATCH_ORDERS
 
 PROFILES: dict[str, dict] = {
     "ci": dict(
@@ -108,6 +109,13 @@ class PipelineConfig:
             "checkpoint instead of a plain llava one; what it changes: experiments/llava_prompt_order)."
         ),
     )
+    patch_order: str = field(
+        default="row",
+        metadata=_help(
+            "Image tokens in the tower's raster order (row), or that and then the same patches column-major "
+            "(row_column: twice the image tokens, each coordinate contiguous in one copy; a cloc_llava checkpoint)."
+        ),
+    )
     align_steps: int = field(
         default=100,
         metadata=_help("LLaVA stage 1 per tower: projector-only steps, tower and LLM frozen (0 = none)."),
@@ -157,6 +165,8 @@ class PipelineConfig:
             raise ValueError(f"PipelineConfig.profile must be one of {sorted(PROFILES)}, got {self.profile!r}")
         if self.finetune_precision not in ("auto", "bf16", "fp32"):
             raise ValueError(f"PipelineConfig.finetune_precision must be auto, bf16 or fp32, got {self.finetune_precision!r}")
+        if self.patch_order not in PATCH_ORDERS:
+            raise ValueError(f"PipelineConfig.patch_order must be one of {PATCH_ORDERS}, got {self.patch_order!r}")
         if self.region_head not in TRAINED_REGION_HEADS:
             raise ValueError(f"PipelineConfig.region_head must be one of {TRAINED_REGION_HEADS}, got {self.region_head!r}")
         kinds = self.instruction_kinds.split(",")

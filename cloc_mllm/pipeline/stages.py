@@ -209,6 +209,8 @@ def finetune(
         args += ["--region_prompts", "True"]
     if config.patch_position:
         args += ["--mm_patch_position", "True"]
+    if config.patch_order != "row":
+        args += ["--mm_patch_order", config.patch_order]
     if projector_only:
         args += ["--tune_mm_mlp_adapter", "True"]
     elif config.lora_r:
