@@ -4,8 +4,8 @@ from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
 from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
 
 from cloc_mllm.mllm.projector import (
-    MLPProjector,
     ColumnMajorCopy,
+    MLPProjector,
     PatchPositionProjector,
     extra_image_tokens,
     is_plain_llava_projector,
