@@ -62,7 +62,6 @@ def test_patch_position_projector_marks_each_row_and_column():
 
 
 def test_column_major_copy_follows_the_raster_tokens_with_each_column_in_turn():
-    grid = torch.arange(6.0).reshape(2, 3)  # 2 rows, 3 columns; value = raster index
     projector = ColumnMajorCopy(torch.nn.Identity(), grid=3)
     square = torch.arange(9.0)[None, :, None].expand(2, 9, 4)  # (2, 9, 4), a 3x3 grid
     tokens = projector(square)
@@ -72,7 +71,7 @@ def test_column_major_copy_follows_the_raster_tokens_with_each_column_in_turn():
     with_cls = projector(torch.cat([torch.full((2, 1, 4), -1.0), square], dim=1))  # CLS first, not repeated
     assert with_cls.shape == (2, 19, 4) and with_cls[0, 10:, 0].tolist() == [0, 3, 6, 1, 4, 7, 2, 5, 8]
     with pytest.raises(ValueError, match="3x3 grid"):
-        projector(grid[None, :, :, None].flatten(1, 2))
+        projector(torch.zeros(2, 6, 4))  # 6 tokens are no 3x3 grid
     assert extra_image_tokens("row", 3) == 0 and extra_image_tokens("row_column", 3) == 9
     with pytest.raises(ValueError, match="patch order"):
         extra_image_tokens("column", 3)

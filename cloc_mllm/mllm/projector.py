@@ -99,8 +99,8 @@ class ColumnMajorCopy(nn.Module):
     Why: measured on the synthetic world (experiments/llava_prompt_order), a causal LLM reads the
     coordinate along which the object's tokens are contiguous in the sequence -- y in raster order,
     x once the images are transposed -- and not its place inside that stretch. With both orders in
-    the sequence each coordinate is contiguous in one copy. A CLS token ahead of the patches
-    (``cls_patch``) is not repeated.
+    the sequence each coordinate is contiguous in one copy (measured there: x becomes readable, y
+    less so, within 600 steps). A CLS token ahead of the patches (``cls_patch``) is not repeated.
     """
 
     def __init__(self, projector: nn.Module, grid: int):
