@@ -20,10 +20,10 @@ from transformers import (
 )
 
 from cloc_mllm.mllm.projector import (
-    PATCH_ORDERS,
     ColumnMajorCopy,
     MLPProjector,
     PatchPositionProjector,
+    checked_patch_order,
     is_plain_llava_projector,
     projector_depth,
 )
@@ -151,11 +151,9 @@ def patch_grid(config: ClocLlavaConfig) -> int:
 def with_patch_layout(projector: torch.nn.Module, config: ClocLlavaConfig) -> torch.nn.Module:
     """``projector`` plus what the config says of the patch tokens' places: row / column embeddings
     (``patch_position``), then the column-major copy (``patch_order``), which so repeats them too."""
-    if config.patch_order not in PATCH_ORDERS:
-        raise ValueError(f"patch_order must be one of {PATCH_ORDERS}, got {config.patch_order!r}")
     if config.patch_position:
         projector = PatchPositionProjector(projector, patch_grid(config), config.text_config.hidden_size)
-    if config.patch_order == "row_column":
+    if checked_patch_order(config.patch_order) == "row_column":
         projector = ColumnMajorCopy(projector, patch_grid(config))
     return projector
 

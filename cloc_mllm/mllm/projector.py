@@ -117,8 +117,13 @@ class ColumnMajorCopy(nn.Module):
         return torch.cat([tokens, grid.transpose(-3, -2).flatten(-3, -2)], dim=-2)  # (I, N + grid^2, H)
 
 
-def extra_image_tokens(patch_order: str, grid: int) -> int:
-    """Image tokens a ``patch_order`` adds to the tower's own (the column-major copy's)."""
+def checked_patch_order(patch_order: str) -> str:
+    """``patch_order`` itself, or a clear error when it is none of ``PATCH_ORDERS``."""
     if patch_order not in PATCH_ORDERS:
         raise ValueError(f"patch order must be one of {PATCH_ORDERS}, got {patch_order!r}")
-    return grid * grid if patch_order == "row_column" else 0
+    return patch_order
+
+
+def extra_image_tokens(patch_order: str, grid: int) -> int:
+    """Image tokens a ``patch_order`` adds to the tower's own (the column-major copy's)."""
+    return grid * grid if checked_patch_order(patch_order) == "row_column" else 0
