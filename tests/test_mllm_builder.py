@@ -112,6 +112,15 @@ def test_patch_position_llava_reloads_and_moves_tokens_by_place(parts, tmp_path)
         assert torch.allclose(image_rows, projector.projector(patches[0, 1:]) + place, atol=1e-5)
 
 
+def test_token_scaled_patch_position_llava_reloads_with_its_scale(parts, tmp_path):
+    model, processor = build_llava(LlavaBuildArgs(*parts, mm_patch_position=True, mm_patch_position_scale="token"))
+    model.save_pretrained(tmp_path)
+    again = AutoModelForImageTextToText.from_pretrained(tmp_path)
+    assert again.config.patch_position_scale == "token" and again.model.multi_modal_projector.scale == "token"
+    x = torch.randn(1, 16, 32)
+    assert torch.allclose(again.model.multi_modal_projector(x), model.model.multi_modal_projector(x))
+
+
 def test_row_column_llava_sees_each_patch_twice_and_generates_after_reload(parts, tmp_path):
     model, processor = build_llava(LlavaBuildArgs(*parts, mm_patch_order="row_column", mm_patch_position=True))
     assert model.config.model_type == "cloc_llava" and model.config.image_seq_length == 32  # 4x4 grid, twice

@@ -61,6 +61,23 @@ def test_patch_position_projector_marks_each_row_and_column():
     assert projector.column_embed.grad is not None and projector.row_embed.grad.abs().sum() > 0
 
 
+def test_token_scaled_patch_position_keeps_its_share_of_the_token_whatever_the_projector_scale():
+    base = torch.nn.Linear(8, 16, bias=False)  # homogeneous: features x 100 -> tokens x 100
+    unit = PatchPositionProjector(base, grid=3, hidden_size=16)
+    token = PatchPositionProjector(base, grid=3, hidden_size=16, scale="token")
+    features = torch.randn(2, 9, 8)
+    projected = base(features)
+    rms = projected.pow(2).mean(-1, keepdim=True).sqrt()  # (2, 9, 1)
+    place = (token.row_embed[:, None] + token.column_embed[None]).flatten(0, 1)  # (9, 16)
+    assert torch.allclose(token(features), projected + rms * place, atol=1e-5)
+    assert torch.allclose(token(100 * features), 100 * token(features), rtol=1e-4, atol=1e-3)  # the same share
+    assert not torch.allclose(unit(100 * features), 100 * unit(features), rtol=1e-4, atol=1e-3)
+    share = (token(features) - projected).norm(dim=-1) / projected.norm(dim=-1)
+    assert 0.5 < share.mean() < 2.0  # starts at about the content's norm; "unit" at about 1 / |token|
+    with pytest.raises(ValueError, match="patch position scale"):
+        PatchPositionProjector(base, grid=3, hidden_size=16, scale="norm")
+
+
 def test_column_major_copy_follows_the_raster_tokens_with_each_column_in_turn():
     projector = ColumnMajorCopy(torch.nn.Identity(), grid=3)
     square = torch.arange(9.0)[None, :, None].expand(2, 9, 4)  # (2, 9, 4), a 3x3 grid

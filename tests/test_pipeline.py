@@ -116,11 +116,16 @@ def test_patch_layout_reaches_both_stages(tmp_path, monkeypatch):
     launched = []
     monkeypatch.setattr(stages.subprocess, "run", lambda command, **kwargs: launched.append(command))
     for order in ("row", "row_column"):
-        config = config_for_profile("ci", deepspeed="", patch_order=order, patch_position=order == "row")
+        config = config_for_profile(
+            "ci", deepspeed="", patch_order=order, patch_position=order == "row", patch_position_scale="token"
+        )
         for projector_only in (True, False):
             stages.finetune(config, tmp_path, tmp_path, tmp_path, tmp_path, tmp_path / "out", projector_only)
     flags = [(c[c.index("--mm_patch_order") + 1] if "--mm_patch_order" in c else None, "--mm_patch_position" in c) for c in launched]
     assert flags == [(None, True)] * 2 + [("row_column", False)] * 2
+    assert all(c[c.index("--mm_patch_position_scale") + 1] == "token" for c in launched[:2])
+    with pytest.raises(ValueError, match="patch_position_scale"):
+        config_for_profile("ci", patch_position_scale="norm")
 
 
 def test_instruction_kinds_choose_the_turns(tmp_path):

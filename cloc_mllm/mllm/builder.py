@@ -69,6 +69,10 @@ class LlavaBuildArgs:
         default=False,
         metadata={"help": "add learned row / column embeddings to the projected patch tokens (cloc_llava)"},
     )
+    mm_patch_position_scale: str = field(
+        default="unit",
+        metadata={"help": "unit (unit-norm row / column embeddings) | token (scaled to each token's norm)"},
+    )
     mm_patch_order: str = field(
         default="row",
         metadata={"help": "row (raster) | row_column (then the patches again column-major; cloc_llava)"},
@@ -193,6 +197,7 @@ def llava_config(
     common.update(
         mm_projector_type=args.mm_projector_type,
         patch_position=args.mm_patch_position,
+        patch_position_scale=args.mm_patch_position_scale,
         patch_order=args.mm_patch_order,
     )
     if not args.region_prompts:

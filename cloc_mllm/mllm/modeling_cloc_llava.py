@@ -35,7 +35,8 @@ from cloc_mllm.prompter import restore_geometry
 class ClocLlavaConfig(LlavaConfig):
     """Llava config + ``mm_projector_type`` (LLaVA's name) and the region-prompt settings.
 
-    ``patch_position``: the projector adds learned row / column embeddings to the patch tokens.
+    ``patch_position``: the projector adds learned row / column embeddings to the patch tokens, of unit
+    norm or scaled to each token's norm (``patch_position_scale``: ``unit`` | ``token``).
     ``patch_order``: ``row`` (the tower's raster order) or ``row_column`` (then the patches again,
     column-major; ``image_seq_length`` counts both).
     ``prompter_config`` is the CLOC ``PrompterConfig`` as a dict, ``region_embed_dim`` the CLOC
@@ -46,6 +47,7 @@ class ClocLlavaConfig(LlavaConfig):
 
     mm_projector_type: str = "mlp2x_gelu"
     patch_position: bool = False
+    patch_position_scale: str = "unit"
     patch_order: str = "row"
     region_prompts: bool = False
     prompter_config: dict | None = None
@@ -152,7 +154,9 @@ def with_patch_layout(projector: torch.nn.Module, config: ClocLlavaConfig) -> to
     """``projector`` plus what the config says of the patch tokens' places: row / column embeddings
     (``patch_position``), then the column-major copy (``patch_order``), which so repeats them too."""
     if config.patch_position:
-        projector = PatchPositionProjector(projector, patch_grid(config), config.text_config.hidden_size)
+        projector = PatchPositionProjector(
+            projector, patch_grid(config), config.text_config.hidden_size, config.patch_position_scale
+        )
     if checked_patch_order(config.patch_order) == "row_column":
         projector = ColumnMajorCopy(projector, patch_grid(config))
     return projector

@@ -16,6 +16,8 @@ from torch import nn
 
 _MLP = re.compile(r"^mlp(\d+)x_gelu$")
 PATCH_ORDERS = ("row", "row_column")  # raster order only | raster, then the same patches column-major
+# the row / column embeddings' size: unit norm | each token's own norm (a fixed share of every token)
+PATCH_POSITION_SCALES = ("unit", "token")
 
 
 def projector_depth(projector_type: str) -> int:
@@ -71,15 +73,25 @@ class PatchPositionProjector(nn.Module):
     synthetic world (experiments/llava_prompt_order): it speeds up reading the object's row, and a
     4-layer SmolLM2 still does not read the column in 1200 steps. A CLS token ahead of the patches
     (``cls_patch``) gets no position.
+
+    ``scale="unit"`` adds unit-norm embeddings (LLaVA-NeXT's scale for its learned image_newline).
+    Stage 1 grows the projected tokens to norm 90-170 (docs/mllm.md), so after the LLM's RMSNorm such a
+    position is about 1% of a token, and Adam moves it by about the learning rate a step.
+    ``scale="token"`` multiplies the embeddings by each token's RMS, so the position keeps the share of
+    the token it starts with (initialised to the same norm as the content) whatever the projector's scale.
     """
 
-    def __init__(self, projector: nn.Module, grid: int, hidden_size: int):
+    def __init__(self, projector: nn.Module, grid: int, hidden_size: int, scale: str = "unit"):
         super().__init__()
+        if scale not in PATCH_POSITION_SCALES:
+            raise ValueError(f"unknown patch position scale {scale!r}; expected one of {PATCH_POSITION_SCALES}")
         self.projector = projector
         self.grid = grid
-        # LLaVA-NeXT's scale for its learned image_newline: unit-norm vectors on average
-        self.row_embed = nn.Parameter(torch.randn(grid, hidden_size) / hidden_size**0.5)
-        self.column_embed = nn.Parameter(torch.randn(grid, hidden_size) / hidden_size**0.5)
+        self.scale = scale
+        # row + column: unit norm ("unit"), or unit RMS per element so norm = the token's ("token")
+        std = hidden_size**-0.5 if scale == "unit" else 0.5**0.5
+        self.row_embed = nn.Parameter(torch.randn(grid, hidden_size) * std)
+        self.column_embed = nn.Parameter(torch.randn(grid, hidden_size) * std)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         tokens = self.projector(features)  # (I, N, H), N = grid * grid [+ 1 CLS first]
@@ -89,7 +101,10 @@ class PatchPositionProjector(nn.Module):
         position = (self.row_embed[:, None] + self.column_embed[None]).flatten(0, 1)  # (grid * grid, H)
         if tokens.shape[-2] == patches + 1:
             position = torch.cat([position.new_zeros(1, position.shape[-1]), position])
-        return tokens + position.to(tokens.dtype)
+        position = position.to(tokens.dtype)
+        if self.scale == "token":
+            position = position * tokens.pow(2).mean(-1, keepdim=True).sqrt()  # (I, N, H)
+        return tokens + position
 
 
 class ColumnMajorCopy(nn.Module):

@@ -60,6 +60,10 @@ class ModelArguments:
         default=False,
         metadata={"help": "add learned row / column embeddings to the projected patch tokens (cloc_llava)"},
     )
+    mm_patch_position_scale: str = field(
+        default="unit",
+        metadata={"help": "unit (unit-norm row / column embeddings) | token (scaled to each token's norm)"},
+    )
     mm_patch_order: str = field(
         default="row",
         metadata={"help": "row (raster) | row_column (then the patches again column-major; cloc_llava)"},
@@ -133,6 +137,7 @@ def build_args_from(model_args: ModelArguments, data_args: DataArguments, traini
         model_max_length=training_args.model_max_length,
         region_prompts=model_args.region_prompts,
         mm_patch_position=model_args.mm_patch_position,
+        mm_patch_position_scale=model_args.mm_patch_position_scale,
         mm_patch_order=model_args.mm_patch_order,
     )
 

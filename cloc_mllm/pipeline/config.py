@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, fields, replace
 from cloc_mllm.configuration_cloc import TRAINED_REGION_HEADS
 from cloc_mllm.mllm.instruct_builders import CHAT_KINDS
 from cloc_mllm.mllm.llm_source import EMBEDDED_LLM
-from cloc_mllm.mllm.projector import PATCH_ORDERS
+from cloc_mllm.mllm.projector import PATCH_ORDERS, PATCH_POSITION_SCALES
 
 PROFILES: dict[str, dict] = {
     "ci": dict(
@@ -33,9 +33,11 @@ PROFILES: dict[str, dict] = {
         # region recognition at 1000 steps, docs/results/towers_1000_steps), LLaVA stage 1 ~1.6 s and stage 2
         # ~2.8 s a step at batch 16 on two CPU ranks, 4 layers: 2 x 150 x 1.6 + 3 x 300 x 2.8 s ~ 50 min.
         # Measured idle 2026-12-03: 1 h 49 min in all (pretraining 29 min, LLaVAs 66 min, evaluations 13 min), the
-        # LLaVAs then on 2 DeepSpeed ranks in fp32; one process in bf16 runs them ~2.2x faster (docs/mllm.md)
+        # LLaVAs then on 2 DeepSpeed ranks in fp32; one process in bf16 runs them ~2.2x faster (docs/mllm.md), so
+        # the same two hours carry 600 stage-2 steps: on the val splits more steps was the one change that helped
+        # (experiments/llava_prompt_order: refcoco/+/g val mean 1.7 -> 7.0 Acc@0.5 from 300 to 1200 steps)
         num_train=6000, num_val=200, num_test=400, pretrain_steps=2000, pretrain_batch_size=48, warmup_steps=100,
-        llm_layers=4, align_steps=150, align_lr=2e-3, finetune_steps=300, finetune_lr=5e-4, finetune_batch_size=16,
+        llm_layers=4, align_steps=150, align_lr=2e-3, finetune_steps=600, finetune_lr=5e-4, finetune_batch_size=16,
         lora_r=0, eval_limit=200, deepspeed="",
         benchmarks="refcoco_val,refcoco_testA,refcoco_testB,refcoco+_val,refcoco+_testA,refcoco+_testB,"
         "refcocog_val,refcocog_test,flickr30k_val,flickr30k_test",
@@ -109,6 +111,10 @@ class PipelineConfig:
             "checkpoint instead of a plain llava one; what it changes: experiments/llava_prompt_order)."
         ),
     )
+    patch_position_scale: str = field(
+        default="unit",
+        metadata=_help("Size of those embeddings: unit (unit norm) or token (scaled to each token's norm)."),
+    )
     patch_order: str = field(
         default="row",
         metadata=_help(
@@ -167,6 +173,11 @@ class PipelineConfig:
             raise ValueError(f"PipelineConfig.finetune_precision must be auto, bf16 or fp32, got {self.finetune_precision!r}")
         if self.patch_order not in PATCH_ORDERS:
             raise ValueError(f"PipelineConfig.patch_order must be one of {PATCH_ORDERS}, got {self.patch_order!r}")
+        if self.patch_position_scale not in PATCH_POSITION_SCALES:
+            raise ValueError(
+                f"PipelineConfig.patch_position_scale must be one of {PATCH_POSITION_SCALES}, "
+                f"got {self.patch_position_scale!r}"
+            )
         if self.region_head not in TRAINED_REGION_HEADS:
             raise ValueError(f"PipelineConfig.region_head must be one of {TRAINED_REGION_HEADS}, got {self.region_head!r}")
         kinds = self.instruction_kinds.split(",")

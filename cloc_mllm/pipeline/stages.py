@@ -208,7 +208,7 @@ def finetune(
     if region_prompts:
         args += ["--region_prompts", "True"]
     if config.patch_position:
-        args += ["--mm_patch_position", "True"]
+        args += ["--mm_patch_position", "True", "--mm_patch_position_scale", config.patch_position_scale]
     if config.patch_order != "row":
         args += ["--mm_patch_order", config.patch_order]
     if projector_only:

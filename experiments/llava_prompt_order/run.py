@@ -108,6 +108,9 @@ def main() -> None:
         "--patch_position", action="store_true", help="projectors add learned row / column embeddings"
     )
     parser.add_argument(
+        "--patch_position_scale", default="unit", help="unit | token (embeddings scaled to each token's norm)"
+    )
+    parser.add_argument(
         "--patch_order", default="row", help="row | row_column (the patch tokens again, column-major)"
     )
     parser.add_argument(
@@ -120,7 +123,7 @@ def main() -> None:
     config = config_for_profile(
         args.profile, out_dir=str(run), align_steps=args.align_steps, finetune_steps=args.finetune_steps,
         vision_select_layer=args.vision_select_layer, patch_position=args.patch_position,
-        patch_order=args.patch_order,
+        patch_position_scale=args.patch_position_scale, patch_order=args.patch_order,
         **{name: getattr(args, name) for name in ("align_lr", "finetune_lr") if getattr(args, name) is not None},
     )  # fmt: skip
     world, llm = run / "world", run / "finetune" / "llm"
