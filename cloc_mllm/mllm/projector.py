@@ -70,8 +70,9 @@ class PatchPositionProjector(nn.Module):
     Why: a causal LLM sees the grid as one flat sequence. Rotary positions expose a token's row (a
     coarse place in the sequence) far more than its column (the position mod grid), and the patch
     tokens' own trace of the ViT's position embedding is entangled with content. Measured on the
-    synthetic world (experiments/llava_prompt_order): it speeds up reading the object's row, and a
-    4-layer SmolLM2 still does not read the column in 1200 steps. A CLS token ahead of the patches
+    synthetic world (experiments/llava_prompt_order): at unit scale it speeds up reading the object's row,
+    and a 4-layer SmolLM2 still does not read the column in 1200 steps; at token scale it reads both
+    within 600 (hundreds-digit gains x1 +0.18, y1 +0.20 nats). A CLS token ahead of the patches
     (``cls_patch``) gets no position.
 
     ``scale="unit"`` adds unit-norm embeddings (LLaVA-NeXT's scale for its learned image_newline).

@@ -35,7 +35,8 @@ PROFILES: dict[str, dict] = {
         # Measured idle 2026-12-03: 1 h 49 min in all (pretraining 29 min, LLaVAs 66 min, evaluations 13 min), the
         # LLaVAs then on 2 DeepSpeed ranks in fp32; one process in bf16 runs them ~2.2x faster (docs/mllm.md), so
         # the same two hours carry 600 stage-2 steps: on the val splits more steps was the one change that helped
-        # (experiments/llava_prompt_order: refcoco/+/g val mean 1.7 -> 7.0 Acc@0.5 from 300 to 1200 steps)
+        # (experiments/llava_prompt_order: refcoco/+/g val mean 1.7 -> 7.0 Acc@0.5 from 300 to 1200 steps).
+        # Measured idle 2026-12-06 with 600: 1 h 19 min in all (docs/results/reproduce)
         num_train=6000, num_val=200, num_test=400, pretrain_steps=2000, pretrain_batch_size=48, warmup_steps=100,
         llm_layers=4, align_steps=150, align_lr=2e-3, finetune_steps=600, finetune_lr=5e-4, finetune_batch_size=16,
         lora_r=0, eval_limit=200, deepspeed="",
