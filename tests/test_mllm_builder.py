@@ -119,6 +119,8 @@ def test_token_scaled_patch_position_llava_reloads_with_its_scale(parts, tmp_pat
     assert again.config.patch_position_scale == "token" and again.model.multi_modal_projector.scale == "token"
     x = torch.randn(1, 16, 32)
     assert torch.allclose(again.model.multi_modal_projector(x), model.model.multi_modal_projector(x))
+    with pytest.raises(ValueError, match="needs mm_patch_position=True"):
+        build_llava(LlavaBuildArgs(*parts, mm_patch_position_scale="token"))
 
 
 def test_row_column_llava_sees_each_patch_twice_and_generates_after_reload(parts, tmp_path):

@@ -117,7 +117,11 @@ def test_patch_layout_reaches_both_stages(tmp_path, monkeypatch):
     monkeypatch.setattr(stages.subprocess, "run", lambda command, **kwargs: launched.append(command))
     for order in ("row", "row_column"):
         config = config_for_profile(
-            "ci", deepspeed="", patch_order=order, patch_position=order == "row", patch_position_scale="token"
+            "ci",
+            deepspeed="",
+            patch_order=order,
+            patch_position=order == "row",
+            patch_position_scale="token" if order == "row" else "unit",
         )
         for projector_only in (True, False):
             stages.finetune(config, tmp_path, tmp_path, tmp_path, tmp_path, tmp_path / "out", projector_only)
@@ -126,6 +130,8 @@ def test_patch_layout_reaches_both_stages(tmp_path, monkeypatch):
     assert all(c[c.index("--mm_patch_position_scale") + 1] == "token" for c in launched[:2])
     with pytest.raises(ValueError, match="patch_position_scale"):
         config_for_profile("ci", patch_position_scale="norm")
+    with pytest.raises(ValueError, match="needs patch_position=True"):  # a scale with no positions to size
+        config_for_profile("ci", patch_position_scale="token")
 
 
 def test_instruction_kinds_choose_the_turns(tmp_path):

@@ -179,6 +179,11 @@ def llava_config(
     """Plain ``LlavaConfig`` when possible, else ``ClocLlavaConfig`` (deep projector / region prompts)."""
     if args.mm_vision_select_feature not in _SELECT_STRATEGY:
         raise ValueError(f"mm_vision_select_feature must be one of {list(_SELECT_STRATEGY)}")
+    if args.mm_patch_position_scale != "unit" and not args.mm_patch_position:
+        raise ValueError(
+            f"mm_patch_position_scale={args.mm_patch_position_scale!r} sizes the patch positions; "
+            "it needs mm_patch_position=True"
+        )
     common = dict(
         vision_config=vision_config,
         text_config=text_config,

@@ -179,6 +179,8 @@ class PipelineConfig:
                 f"PipelineConfig.patch_position_scale must be one of {PATCH_POSITION_SCALES}, "
                 f"got {self.patch_position_scale!r}"
             )
+        if self.patch_position_scale != "unit" and not self.patch_position:
+            raise ValueError("PipelineConfig.patch_position_scale sizes the patch positions; it needs patch_position=True")
         if self.region_head not in TRAINED_REGION_HEADS:
             raise ValueError(f"PipelineConfig.region_head must be one of {TRAINED_REGION_HEADS}, got {self.region_head!r}")
         kinds = self.instruction_kinds.split(",")
