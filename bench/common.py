@@ -116,7 +116,10 @@ def synchronize(device: torch.device) -> None:
 
 # ----- models and inputs ---------------------------------------------------------------------------
 def smoke_config(**overrides: Any) -> CLOCConfig:
-    """A CLOC config of width 32 and 2 layers (32 px images, 4x4 patches): runs in well under a second."""
+    """A CLOC config of width 32 and 2 layers (32 px images, 4x4 patches): runs in well under a second.
+
+    ``prompter_config`` overrides are merged into the Prompter's smoke sizes."""
+    prompter = {"hidden_size": 32, "intermediate_size": 64} | overrides.pop("prompter_config", {})
     return CLOCConfig.from_preset(
         "tiny",
         projection_dim=32,
@@ -124,7 +127,7 @@ def smoke_config(**overrides: Any) -> CLOCConfig:
         | {"num_attention_heads": 2, "image_size": 32, "patch_size": 8},
         text_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2}
         | {"num_attention_heads": 2, "vocab_size": 64, "max_position_embeddings": 16},
-        prompter_config={"hidden_size": 32, "intermediate_size": 64},
+        prompter_config=prompter,
         **overrides,
     )
 

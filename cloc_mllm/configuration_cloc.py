@@ -56,7 +56,9 @@ class PrompterConfig(PreTrainedConfig):
     tokens (O(K·(P+N)²)). ``box_attention_bias="coverage"`` adds a learned bias favouring patches the box
     covers, a cheap prior that makes region embeddings local from the first step (see docs/architecture.md).
     ``grounding_attention_bias="similarity"`` biases a text prompt's attention towards the patches whose
-    own region embedding matches the text, so grounding reuses what the region loss learns.
+    own region embedding matches the text, so grounding reuses what the region loss learns; it encodes
+    every cell of a grid as a box, and ``grounding_cell_size`` (patches per cell side) sizes that grid:
+    1 encodes each patch, 2 a quarter as many 2x2-patch cells (each patch then reads its cell's value).
     """
 
     model_type: ClassVar[str] = "cloc_prompter"
@@ -74,13 +76,16 @@ class PrompterConfig(PreTrainedConfig):
     grounding_attention_bias: str = "similarity"
     box_content_token: bool = True
     grounding_bias_init: float = 10.0
+    grounding_cell_size: int = 1  # patches per side of the cells the similarity bias encodes
     layer_norm_eps: float = 1e-5
     initializer_range: float = 0.02
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
         _check_choices(self, _PROMPTER_CHOICES)
-        _check_positive(self, ("hidden_size", "intermediate_size", "num_attention_heads"))
+        _check_positive(self, ("hidden_size", "intermediate_size", "num_attention_heads", "grounding_cell_size"))
+        if not isinstance(self.grounding_cell_size, int):
+            raise ValueError(f"PrompterConfig.grounding_cell_size must be an integer, got {self.grounding_cell_size!r}")
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(
                 f"PrompterConfig.hidden_size ({self.hidden_size}) must be divisible by "
@@ -132,6 +137,11 @@ class CLOCConfig(PreTrainedConfig):
             raise ValueError(
                 f"CLOCConfig.prompter_config.hidden_size ({self.prompter_config.hidden_size}) must equal "
                 f"vision_config.hidden_size ({self.vision_config.hidden_size}): the Prompter runs at the ViT width"
+            )
+        if self.num_patches_per_side % self.prompter_config.grounding_cell_size:
+            raise ValueError(
+                f"CLOCConfig.prompter_config.grounding_cell_size ({self.prompter_config.grounding_cell_size}) "
+                f"must divide the patch grid's side ({self.num_patches_per_side})"
             )
 
     @property

@@ -59,6 +59,13 @@ def patch_cell_boxes(grid_size: int) -> Tensor:
     return torch.cat([corners, corners + 1.0 / grid_size], dim=-1)
 
 
+def patch_cell_index(grid_size: int, cell_size: int) -> Tensor:
+    """(N,) index of the cell holding each patch of a grid_size x grid_size grid, for cells of
+    cell_size x cell_size patches; both row-major, so cell_size=1 is the identity."""
+    cell = torch.arange(grid_size) // cell_size  # (G,) the cell row (or column) of each patch row (column)
+    return (cell[:, None] * (grid_size // cell_size) + cell[None, :]).flatten()
+
+
 def box_patch_coverage(boxes: Tensor, grid_size: int) -> Tensor:
     """Fraction of each patch cell a box covers, rescaled so the best-covered cell is 1.
 
@@ -235,7 +242,10 @@ class Prompter(nn.Module):
             else None
         )
         self.content_type_embedding = nn.Parameter(torch.zeros(width)) if config.box_content_token else None
-        self.register_buffer("cell_boxes", patch_cell_boxes(grid_size), persistent=False)
+        # the similarity bias's cells (Nc = (grid / cell size)^2 boxes) and the cell each patch reads
+        self.cell_size = config.grounding_cell_size
+        self.register_buffer("cell_boxes", patch_cell_boxes(grid_size // self.cell_size), persistent=False)
+        self.register_buffer("cell_of_patch", patch_cell_index(grid_size, self.cell_size), persistent=False)
         self.region_norm = nn.LayerNorm(width, eps=config.layer_norm_eps)
         self.region_projection = nn.Linear(width, projection_dim, bias=False)
         hidden = config.grounding_hidden_size or width
@@ -276,17 +286,19 @@ class Prompter(nn.Module):
         return self.region_projection(self.region_norm(pooled))
 
     def _text_similarity_bias(self, image_tokens: Tensor, text_embeds: Tensor) -> Tensor | None:
-        """(B, K, N): scaled cosine between each text and the region embedding of every patch cell.
+        """(B, K, N): scaled cosine between each text and the region embedding of every patch's cell.
 
         The region loss teaches box -> embedding; reading it back per cell turns a phrase into a
         similarity map over the image, which steers the grounding attention onto the named object.
+        Encoding the cells is most of CLOC's extra training cost (docs/pretraining.md); cells of
+        ``grounding_cell_size`` patches a side cut it by that size squared.
         """
         if self.grounding_bias_scale is None:
             return None
-        cells = self.cell_boxes.to(image_tokens.dtype).expand(image_tokens.shape[0], -1, -1)  # (B, N, 4)
-        cell_embeds = F.normalize(self.encode_boxes(image_tokens, cells), dim=-1)  # (B, N, D)
-        similarity = torch.einsum("bkd,bnd->bkn", F.normalize(text_embeds, dim=-1), cell_embeds)
-        return self.grounding_bias_scale.abs() * similarity
+        cells = self.cell_boxes.to(image_tokens.dtype).expand(image_tokens.shape[0], -1, -1)  # (B, Nc, 4)
+        cell_embeds = F.normalize(self.encode_boxes(image_tokens, cells), dim=-1)  # (B, Nc, D)
+        similarity = torch.einsum("bkd,bnd->bkn", F.normalize(text_embeds, dim=-1), cell_embeds)  # (B, K, Nc)
+        return self.grounding_bias_scale.abs() * similarity[..., self.cell_of_patch]  # (B, K, N)
 
     def ground(
         self, image_tokens: Tensor, text_embeds: Tensor, return_logits: bool = False
@@ -336,14 +348,15 @@ def init_prompter_state(module: nn.Module) -> None:
 
 @torch.no_grad()
 def restore_geometry(module: nn.Module) -> None:
-    """Recompute ``module``'s unsaved buffers (patch centres, cell boxes, Fourier frequencies).
+    """Recompute ``module``'s unsaved buffers (patch centres, cells, Fourier frequencies).
 
     They follow from the grid, so checkpoints do not hold them; ``from_pretrained`` builds the model on
     the meta device and leaves such a buffer as uninitialised memory until this runs, and a Prompter
     reading garbage centres answers garbage.
     """
     if isinstance(module, Prompter):
-        module.cell_boxes.copy_(patch_cell_boxes(module.grid_size))
+        module.cell_boxes.copy_(patch_cell_boxes(module.grid_size // module.cell_size))
+        module.cell_of_patch.copy_(patch_cell_index(module.grid_size, module.cell_size))
     elif isinstance(module, PromptEncoder):
         module.centres.copy_(patch_centres(module.grid_size))
     elif isinstance(module, FourierPositionEncoding):

@@ -15,6 +15,9 @@ def test_smoke_run_prints_the_ratio_last_and_writes_results(tmp_path, capsys):
     assert ratios["flops"] > 1.0  # the region path is extra work, never free
     modes = {row["mode"]: row for row in result["rows"]}
     assert modes["cloc"]["gflop_per_step"] > modes["clip"]["gflop_per_step"] > 0
+    # 2x2-patch grounding cells: a quarter of the cells encoded, still more work than CLIP
+    assert modes["cloc"]["gflop_per_step"] > modes["cloc_cells2"]["gflop_per_step"] > modes["clip"]["gflop_per_step"]
+    assert ratios["flops"] > ratios["cells"]["cloc_cells2"]["flops"] > 1.0
     assert all(row["median_s"] > 0 and row["peak_mb"] > 0 for row in result["rows"])
     saved = json.loads((tmp_path / "pretrain_step-smoke-cpu.json").read_text())
     assert saved["ratios"]["smoke"]["flops"] == ratios["flops"]

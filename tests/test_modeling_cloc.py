@@ -274,7 +274,10 @@ def test_deduplicated_phrases_give_the_plain_loss_and_gradients(tiny_config):
     assert torch.allclose(out.region_text_embeds, plain.region_text_embeds, atol=1e-6)
     assert grads.keys() == plain_grads.keys()
     for name, grad in grads.items():
-        assert torch.allclose(grad, plain_grads[name], atol=1e-6, rtol=1e-4), name
+        # fp32 sums in another order (a repeated token's embedding gradient is accumulated once per
+        # distinct row): tolerance relative to the tensor's largest entry, not to each element
+        scale = plain_grads[name].abs().max().clamp(min=1.0).item()
+        assert torch.allclose(grad, plain_grads[name], atol=1e-6 * scale, rtol=1e-4), name
 
 
 def test_a_misspelt_batch_key_is_refused_by_name(tiny_config):

@@ -179,11 +179,45 @@ def test_similarity_bias_steers_grounding_attention_to_the_matching_cell(tiny_co
     assert not torch.allclose(steered, unsteered)
 
 
-def test_prompter_buffers_survive_save_and_load(tiny_config, tmp_path):
+def test_coarse_cells_give_every_patch_its_cells_similarity(tiny_config):
+    """grounding_cell_size=2 encodes a quarter of the cells; each patch reads the cosine of its 2x2 cell."""
+    torch.manual_seed(0)
+    tiny_config.prompter_config.grounding_cell_size = 2
+    model = CLOCModel(tiny_config).eval()
+    prompter, grid = model.prompter, model.prompter.grid_size
+    batch = random_batch(tiny_config, batch_size=2)
+    with torch.no_grad():
+        tokens = model.get_vision_tokens(batch["pixel_values"])
+        text = torch.randn(2, 3, tiny_config.projection_dim)
+        bias = prompter._text_similarity_bias(tokens, text)  # (2, 3, N)
+        cell = torch.tensor([[[0.5, 0.0, 1.0, 0.5]]]).expand(2, 1, 4)  # the top-right 2x2 cell
+        expected = torch.nn.functional.cosine_similarity(text, prompter.encode_boxes(tokens, cell), dim=-1)
+    assert prompter.cell_boxes.shape == ((grid // 2) ** 2, 4)
+    assert bias.shape == (2, 3, grid * grid)
+    blocks = bias.unflatten(-1, (grid // 2, 2, grid // 2, 2))  # (B, K, row cell, row, column cell, column)
+    assert torch.equal(blocks, blocks[..., :1, :, :1].expand_as(blocks))  # constant inside each cell
+    top_right = [r * grid + c for r in range(2) for c in range(grid - 2, grid)]
+    assert torch.allclose(bias[..., top_right], (prompter.grounding_bias_scale.abs() * expected)[..., None], atol=1e-5)
+
+
+def test_grounding_cell_size_is_checked():
+    from cloc_mllm import CLOCConfig
+
+    with pytest.raises(ValueError, match="must divide the patch grid's side"):
+        CLOCConfig.from_preset("tiny", prompter_config={"grounding_cell_size": 3})  # 8 x 8 patches
+    with pytest.raises(ValueError, match="grounding_cell_size must be an integer"):
+        CLOCConfig.from_preset("tiny", prompter_config={"grounding_cell_size": 2.0})
+
+
+@pytest.mark.parametrize("cell_size", [1, 2])
+def test_prompter_buffers_survive_save_and_load(tiny_config, tmp_path, cell_size):
+    tiny_config.prompter_config.grounding_cell_size = cell_size
     model = CLOCModel(tiny_config)
     model.save_pretrained(tmp_path)
     loaded = CLOCModel.from_pretrained(tmp_path)
+    assert loaded.config.prompter_config.grounding_cell_size == cell_size
     assert torch.equal(loaded.prompter.cell_boxes, model.prompter.cell_boxes)
+    assert torch.equal(loaded.prompter.cell_of_patch, model.prompter.cell_of_patch)
     assert torch.equal(loaded.prompter.prompt_encoder.centres, model.prompter.prompt_encoder.centres)
 
 
