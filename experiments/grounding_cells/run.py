@@ -54,7 +54,7 @@ def summarise(results: dict, seconds: float | None) -> dict:
     }
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--world", required=True, help="a main-job run's world/ (same profile)")
     parser.add_argument("--out", required=True)
@@ -62,7 +62,7 @@ def main() -> None:
     parser.add_argument("--pretrain_steps", type=int, default=2000)
     parser.add_argument("--cell_sizes", default="1,2")
     parser.add_argument("--benchmarks", default="refcoco_val,refcoco+_val,refcocog_val,flickr30k_val")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     world, out = Path(args.world), Path(args.out)
     config = config_for_profile(
