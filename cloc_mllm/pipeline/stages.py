@@ -101,15 +101,18 @@ def train_shards(config: PipelineConfig, run_dir: Path) -> str:
 # ----- pretraining -------------------------------------------------------------------------------
 
 
-def pretrain(config: PipelineConfig, loss: str, shards: str, tokenizer: Path, out_dir: Path) -> None:
+def pretrain(
+    config: PipelineConfig, loss: str, shards: str, tokenizer: Path, out_dir: Path, model_overrides: dict | None = None
+) -> None:
     """One pretraining run; CLOC, the CLIP baseline and its control differ only in ``loss`` (and CLOC's
-    region head)."""
+    region head). ``model_overrides``: CLOCConfig fields over the preset (studies vary the model so)."""
     from cloc_mllm.training.config import PretrainConfig
     from cloc_mllm.training.trainer import train
 
     train(
         PretrainConfig(
             preset=config.preset,
+            model_overrides=model_overrides or {},
             loss=loss,
             region_head=config.region_head if loss == "cloc" else "prompter",
             train_shards=shards,

@@ -18,20 +18,6 @@ from cloc_mllm.pipeline.config import config_for_profile
 GROUNDING_KEYS = ("acc@0.5", "mean_iou")
 
 
-def pretrain(config, world: Path, out_dir: Path, cell_size: int) -> None:
-    from cloc_mllm.training.config import PretrainConfig
-    from cloc_mllm.training.trainer import train
-
-    train(PretrainConfig(
-        preset=config.preset, loss="cloc", region_head="prompter",
-        model_overrides={"prompter_config": {"grounding_cell_size": cell_size}},
-        train_shards=str(world / "shards" / "train"), tokenizer=str(world / "tokenizer"),
-        max_regions=config.max_regions, global_batch_size=config.pretrain_batch_size,
-        max_steps=config.pretrain_steps, lr=config.pretrain_lr, warmup_steps=config.warmup_steps,
-        num_workers=1, output_dir=str(out_dir), seed=config.seed, save_every=0, keep_last=1, log_every=50,
-    ))  # fmt: skip
-
-
 def evaluate(model: Path, world: Path, out_dir: Path, benchmarks: str) -> None:
     """The tower's val-split scores: grounding head, region recognition, retrieval (no probes)."""
     from cloc_mllm.eval.runner import EvalArguments, run_evaluation
@@ -71,8 +57,10 @@ def main(argv: list[str] | None = None) -> None:
     summary = {"profile": args.profile, "pretrain_steps": args.pretrain_steps, "benchmarks": args.benchmarks}
     for cell_size in (int(s) for s in args.cell_sizes.split(",")):
         run_dir = out / f"cells_{cell_size}"
-        seconds = stages.run_stage(run_dir / "pretrain", f"pretrain cell size {cell_size}",
-                                   lambda d=run_dir / "pretrain", s=cell_size: pretrain(config, world, d, s))  # fmt: skip
+        overrides = {"prompter_config": {"grounding_cell_size": cell_size}}
+        seconds = stages.run_stage(run_dir / "pretrain", f"pretrain cell size {cell_size}", lambda d=run_dir / "pretrain",
+                                   o=overrides: stages.pretrain(config, "cloc", str(world / "shards" / "train"),
+                                                                world / "tokenizer", d, model_overrides=o))  # fmt: skip
         eval_dir = run_dir / "eval"
         stages.run_stage(eval_dir, f"eval cell size {cell_size}", lambda d=run_dir: evaluate(
             stages.final_checkpoint(d / "pretrain"), world, d / "eval", args.benchmarks))  # fmt: skip
