@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from functools import partial
 from pathlib import Path
 
 from cloc_mllm.pipeline import stages
@@ -51,19 +52,20 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     world, out = Path(args.world), Path(args.out)
+    shards = str(world / "shards" / "train")
     config = config_for_profile(
         args.profile, out_dir=str(out), pretrain_steps=args.pretrain_steps, benchmarks=args.benchmarks,
     )  # fmt: skip
     summary = {"profile": args.profile, "pretrain_steps": args.pretrain_steps, "benchmarks": args.benchmarks}
     for cell_size in (int(s) for s in args.cell_sizes.split(",")):
         run_dir = out / f"cells_{cell_size}"
-        overrides = {"prompter_config": {"grounding_cell_size": cell_size}}
-        seconds = stages.run_stage(run_dir / "pretrain", f"pretrain cell size {cell_size}", lambda d=run_dir / "pretrain",
-                                   o=overrides: stages.pretrain(config, "cloc", str(world / "shards" / "train"),
-                                                                world / "tokenizer", d, model_overrides=o))  # fmt: skip
-        eval_dir = run_dir / "eval"
-        stages.run_stage(eval_dir, f"eval cell size {cell_size}", lambda d=run_dir: evaluate(
-            stages.final_checkpoint(d / "pretrain"), world, d / "eval", args.benchmarks))  # fmt: skip
+        pretrain_dir, eval_dir = run_dir / "pretrain", run_dir / "eval"
+        seconds = stages.run_stage(pretrain_dir, f"pretrain cell size {cell_size}", partial(
+            stages.pretrain, config, "cloc", shards, world / "tokenizer", pretrain_dir,
+            model_overrides={"prompter_config": {"grounding_cell_size": cell_size}},
+        ))  # fmt: skip
+        stages.run_stage(eval_dir, f"eval cell size {cell_size}", lambda p=pretrain_dir, e=eval_dir: evaluate(
+            stages.final_checkpoint(p), world, e, args.benchmarks))  # fmt: skip
         summary[f"cell_size_{cell_size}"] = summarise(stages.read_results(eval_dir), seconds)
         print(json.dumps(summary[f"cell_size_{cell_size}"], indent=1), flush=True)
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
