@@ -60,6 +60,24 @@ def test_region_head_reaches_cloc_pretraining_only(tmp_path, monkeypatch):
     assert seen == {"clip": "prompter", "cloc": "roialign"}
 
 
+def test_grounding_cell_size_reaches_cloc_pretraining_only(tmp_path, monkeypatch):
+    from cloc_mllm.configuration_cloc import CLOCConfig
+    from cloc_mllm.training import trainer
+
+    seen = {}
+    monkeypatch.setattr(trainer, "train", lambda config: seen.setdefault(config.loss, config.model_overrides))
+    config = config_for_profile("ci", grounding_cell_size=2)
+    for loss in stages.ENCODERS:
+        stages.pretrain(config, loss, "shards", tmp_path / "tokenizer", tmp_path / loss)
+    assert seen == {"clip": {}, "cloc": {"prompter_config": {"grounding_cell_size": 2}}}
+    assert CLOCConfig.from_preset(config.preset, **seen["cloc"]).prompter_config.grounding_cell_size == 2
+    seen.clear()  # a study's own override wins
+    stages.pretrain(config, "cloc", "shards", tmp_path / "t", tmp_path / "c", {"prompter_config": {"grounding_cell_size": 4}})
+    assert seen["cloc"]["prompter_config"]["grounding_cell_size"] == 4
+    with pytest.raises(ValueError, match="grounding_cell_size"):
+        config_for_profile("ci", grounding_cell_size=0)
+
+
 def test_stages_launch_library_modules_of_the_imported_package(tmp_path, monkeypatch):
     """Children run ``python -m cloc_mllm...`` of the copy the main job imported: no script files of a
     checkout, so an installed package runs from any directory."""

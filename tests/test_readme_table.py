@@ -50,6 +50,12 @@ def test_table_holds_claims_gap_centre_errors_and_references():
     sentence = render(_report(), "docs/results/ci/report.json").split("\n")[0]
     assert "`region_head: prompter`" in sentence and "first 2 of its 30 decoder layers" in sentence
     assert "stage times summed 3 min" in sentence  # 180 s, the unrecorded stage left out
+    assert "cells" not in sentence and "patch positions" not in sentence  # defaults, and older reports, say nothing
+    report = _report()
+    report["config"].update(grounding_cell_size=2, patch_position=True, patch_position_scale="token")
+    sentence = render(report, "docs/results/ci/report.json").split("\n")[0]
+    assert "(`region_head: prompter`, grounding bias in 2x2-patch cells)" in sentence
+    assert "(the whole LLM in stage 2, token-scaled patch positions)" in sentence
 
 
 def test_block_is_replaced_once_and_idempotently(tmp_path):

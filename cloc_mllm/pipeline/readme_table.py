@@ -37,12 +37,15 @@ def configuration_sentence(report: dict) -> str:
     controls = " and the equal-supervision control (CLIP + region phrases)" if c.get("retrieval_control") else ""
     ferret = ", Ferret* from LLaVA-CLOC's stage-1 projector" if c.get("ferret_star") else ""
     stage2 = f"LoRA r={c['lora_r']}" if c.get("lora_r") else "the whole LLM"
+    cells = c.get("grounding_cell_size", 1)
+    cells = f", grounding bias in {cells}x{cells}-patch cells" if cells != 1 else ""
+    positions = f", {c.get('patch_position_scale', 'unit')}-scaled patch positions" if c.get("patch_position") else ""
     return (
         f"`--profile {c['profile']}` (seed {c['seed']}): {c['num_train']} synthetic train images; CLOC "
-        f"(`region_head: {report.get('region_head', c.get('region_head'))}`), the CLIP-only baseline{controls}, "
+        f"(`region_head: {report.get('region_head', c.get('region_head'))}`{cells}), the CLIP-only baseline{controls}, "
         f"{c['pretrain_steps']} pretraining steps of {c['pretrain_batch_size']} each, `{c['preset']}` preset; per tower "
         f"{c['align_steps']} stage-1 + {c['finetune_steps']} stage-2 steps of {c['finetune_batch_size']} records "
-        f"({stage2} in stage 2){ferret}; LLM {describe_llm(report['llm'])}; {c['eval_limit'] or 'all'} test items "
+        f"({stage2} in stage 2{positions}){ferret}; LLM {describe_llm(report['llm'])}; {c['eval_limit'] or 'all'} test items "
         f"a split; stage times summed {total / 60:.0f} min."
     )
 

@@ -105,14 +105,19 @@ def pretrain(
     config: PipelineConfig, loss: str, shards: str, tokenizer: Path, out_dir: Path, model_overrides: dict | None = None
 ) -> None:
     """One pretraining run; CLOC, the CLIP baseline and its control differ only in ``loss`` (and CLOC's
-    region head). ``model_overrides``: CLOCConfig fields over the preset (studies vary the model so)."""
+    region head). ``model_overrides``: CLOCConfig fields over the preset (studies vary the model so);
+    CLOC's ``grounding_cell_size`` goes there unless they set it (only CLOC's loss trains grounding)."""
     from cloc_mllm.training.config import PretrainConfig
     from cloc_mllm.training.trainer import train
 
+    overrides = dict(model_overrides or {})
+    if loss == "cloc" and config.grounding_cell_size != 1:
+        prompter = {"grounding_cell_size": config.grounding_cell_size, **overrides.get("prompter_config", {})}
+        overrides["prompter_config"] = prompter
     train(
         PretrainConfig(
             preset=config.preset,
-            model_overrides=model_overrides or {},
+            model_overrides=overrides,
             loss=loss,
             region_head=config.region_head if loss == "cloc" else "prompter",
             train_shards=shards,
