@@ -157,3 +157,21 @@ def test_cloc_checkpoint_gives_its_vision_tower(tiny_config, tmp_path):
     assert torch.equal(
         tower.embeddings.patch_embedding.weight, cloc.vision_model.embeddings.patch_embedding.weight
     )
+
+
+def test_digit_started_patch_positions_are_the_llms_own_digit_embeddings(tmp_path):
+    tok = train_world_tokenizer(["where is the red circle", "[125, 375, 625, 875] 0 2 4 5 7 9"], vocab_size=300)
+    tower, llm = str(write_tiny_tower(tmp_path / "tower")), str(write_tiny_llm(tmp_path / "llm", tok))
+    model, processor = build_llava(LlavaBuildArgs(
+        tower, llm, mm_patch_position=True, mm_patch_position_scale="token", mm_patch_position_init="digits"))  # fmt: skip
+    projector, tokenizer = model.model.multi_modal_projector, processor.tokenizer
+    # a 4x4 grid's patch centres on the 0-999 box scale: 125, 375, 625, 875 -> hundreds digits 1, 3, 6, 8
+    digits = model.get_input_embeddings().weight[[tokenizer.convert_tokens_to_ids(d) for d in "1368"]]
+    for embed in (projector.row_embed, projector.column_embed):
+        cosine = torch.nn.functional.cosine_similarity(embed, digits, dim=-1)
+        assert torch.allclose(cosine, torch.ones(4), atol=1e-5)
+        assert torch.allclose(embed.pow(2).mean(-1), torch.full((4,), 0.5), rtol=0.3)  # the random start's RMS
+    with pytest.raises(ValueError, match="needs mm_patch_position=True"):
+        build_llava(LlavaBuildArgs(tower, llm, mm_patch_position_init="digits"))
+    with pytest.raises(ValueError, match="mm_patch_position_init must be one of"):
+        build_llava(LlavaBuildArgs(tower, llm, mm_patch_position=True, mm_patch_position_init="sine"))

@@ -32,6 +32,8 @@ from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
 from cloc_mllm.atomic_io import write_text_atomic
 from cloc_mllm.mllm.llm_source import load_language_model, load_tokenizer
 from cloc_mllm.mllm.projector import (
+    PATCH_POSITION_INITS,
+    ColumnMajorCopy,
     MLPProjector,
     extra_image_tokens,
     is_plain_llava_projector,
@@ -72,6 +74,10 @@ class LlavaBuildArgs:
     mm_patch_position_scale: str = field(
         default="unit",
         metadata={"help": "unit (unit-norm row / column embeddings) | token (scaled to each token's norm)"},
+    )
+    mm_patch_position_init: str = field(
+        default="random",
+        metadata={"help": "random | digits (start at the LLM's embeddings of each patch centre's hundreds digit)"},
     )
     mm_patch_order: str = field(
         default="row",
@@ -179,11 +185,13 @@ def llava_config(
     """Plain ``LlavaConfig`` when possible, else ``ClocLlavaConfig`` (deep projector / region prompts)."""
     if args.mm_vision_select_feature not in _SELECT_STRATEGY:
         raise ValueError(f"mm_vision_select_feature must be one of {list(_SELECT_STRATEGY)}")
-    if args.mm_patch_position_scale != "unit" and not args.mm_patch_position:
-        raise ValueError(
-            f"mm_patch_position_scale={args.mm_patch_position_scale!r} sizes the patch positions; "
-            "it needs mm_patch_position=True"
-        )
+    for name, default in (("mm_patch_position_scale", "unit"), ("mm_patch_position_init", "random")):
+        if getattr(args, name) != default and not args.mm_patch_position:
+            raise ValueError(
+                f"{name}={getattr(args, name)!r} sets up the patch positions; it needs mm_patch_position=True"
+            )
+    if args.mm_patch_position_init not in PATCH_POSITION_INITS:
+        raise ValueError(f"mm_patch_position_init must be one of {PATCH_POSITION_INITS}, got {args.mm_patch_position_init!r}")
     common = dict(
         vision_config=vision_config,
         text_config=text_config,
@@ -284,6 +292,10 @@ def assemble_llava(
         from cloc_mllm.mllm.modeling_cloc_llava import with_patch_layout
 
         model.model.multi_modal_projector = with_patch_layout(model.model.multi_modal_projector, config).to(dtype)
+        if args.mm_patch_position_init == "digits":
+            positions = model.model.multi_modal_projector
+            positions = positions.projector if isinstance(positions, ColumnMajorCopy) else positions
+            positions.start_from_digits(llm.get_input_embeddings().weight[digit_token_ids(tokenizer)])
     if args.region_prompts:
         from cloc_mllm.mllm.modeling_cloc_llava import make_region_encoder
 
@@ -296,6 +308,15 @@ def assemble_llava(
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     _assert_materialised(model)
     return model, build_processor(args, tokenizer, tower.config)
+
+
+def digit_token_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """Token ids of "0".."9", each one token (how box coordinates are written), or a clear error."""
+    ids = [tokenizer.convert_tokens_to_ids(str(d)) for d in range(10)]
+    missing = [str(d) for d, i in enumerate(ids) if i is None or i == tokenizer.unk_token_id]
+    if missing:
+        raise ValueError(f"the tokenizer has no single token for the digits {missing}; mm_patch_position_init='digits' needs them")
+    return ids
 
 
 def _fresh_projector(config: LlavaConfig, projector_type: str) -> torch.nn.Module:

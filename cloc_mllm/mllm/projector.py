@@ -18,6 +18,8 @@ _MLP = re.compile(r"^mlp(\d+)x_gelu$")
 PATCH_ORDERS = ("row", "row_column")  # raster order only | raster, then the same patches column-major
 # the row / column embeddings' size: unit norm | each token's own norm (a fixed share of every token)
 PATCH_POSITION_SCALES = ("unit", "token")
+# the row / column embeddings' start: random | the LLM's own embedding of the patch centre's hundreds digit
+PATCH_POSITION_INITS = ("random", "digits")
 
 
 def projector_depth(projector_type: str) -> int:
@@ -93,6 +95,22 @@ class PatchPositionProjector(nn.Module):
         std = hidden_size**-0.5 if scale == "unit" else 0.5**0.5
         self.row_embed = nn.Parameter(torch.randn(grid, hidden_size) * std)
         self.column_embed = nn.Parameter(torch.randn(grid, hidden_size) * std)
+
+    @torch.no_grad()
+    def start_from_digits(self, digit_embeddings: torch.Tensor) -> None:
+        """Start row r (column c) at the LLM's embedding of the hundreds digit of that patch's centre on
+        the 0-999 box scale, ``digit_embeddings`` (10, H) being the embeddings of "0".."9".
+
+        Why: the answer writes that digit for an object there; a position already in the LLM's own
+        vocabulary can be copied out by attention the pretrained model has, instead of a random code it
+        must learn to decode (what it changes: experiments/llava_prompt_order). Each row keeps the
+        random start's RMS, so the scale's argument above holds unchanged.
+        """
+        digits = [int((i + 0.5) * 1000 / self.grid) // 100 for i in range(self.grid)]
+        start = digit_embeddings[digits].float()  # (grid, H)
+        for embed in (self.row_embed, self.column_embed):
+            rms = embed.pow(2).mean(-1, keepdim=True).sqrt()  # (grid, 1)
+            embed.copy_(start / start.pow(2).mean(-1, keepdim=True).sqrt() * rms)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         tokens = self.projector(features)  # (I, N, H), N = grid * grid [+ 1 CLS first]

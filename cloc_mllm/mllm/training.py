@@ -64,6 +64,10 @@ class ModelArguments:
         default="unit",
         metadata={"help": "unit (unit-norm row / column embeddings) | token (scaled to each token's norm)"},
     )
+    mm_patch_position_init: str = field(
+        default="random",
+        metadata={"help": "random | digits (row / column start at the LLM's embeddings of the patch centre's hundreds digit)"},
+    )
     mm_patch_order: str = field(
         default="row",
         metadata={"help": "row (raster) | row_column (then the patches again column-major; cloc_llava)"},
@@ -138,6 +142,7 @@ def build_args_from(model_args: ModelArguments, data_args: DataArguments, traini
         region_prompts=model_args.region_prompts,
         mm_patch_position=model_args.mm_patch_position,
         mm_patch_position_scale=model_args.mm_patch_position_scale,
+        mm_patch_position_init=model_args.mm_patch_position_init,
         mm_patch_order=model_args.mm_patch_order,
     )
 

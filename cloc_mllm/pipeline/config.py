@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, fields, replace
 from cloc_mllm.configuration_cloc import TRAINED_REGION_HEADS
 from cloc_mllm.mllm.instruct_builders import CHAT_KINDS
 from cloc_mllm.mllm.llm_source import EMBEDDED_LLM
-from cloc_mllm.mllm.projector import PATCH_ORDERS, PATCH_POSITION_SCALES
+from cloc_mllm.mllm.projector import PATCH_ORDERS, PATCH_POSITION_INITS, PATCH_POSITION_SCALES
 
 PROFILES: dict[str, dict] = {
     "ci": dict(
@@ -123,6 +123,10 @@ class PipelineConfig:
         default="unit",
         metadata=_help("Size of those embeddings: unit (unit norm) or token (scaled to each token's norm)."),
     )
+    patch_position_init: str = field(
+        default="random",
+        metadata=_help("Start of those embeddings: random, or digits (the LLM's embeddings of each patch centre's hundreds digit)."),
+    )
     patch_order: str = field(
         default="row",
         metadata=_help(
@@ -186,8 +190,13 @@ class PipelineConfig:
                 f"PipelineConfig.patch_position_scale must be one of {PATCH_POSITION_SCALES}, "
                 f"got {self.patch_position_scale!r}"
             )
-        if self.patch_position_scale != "unit" and not self.patch_position:
-            raise ValueError("PipelineConfig.patch_position_scale sizes the patch positions; it needs patch_position=True")
+        if self.patch_position_init not in PATCH_POSITION_INITS:
+            raise ValueError(
+                f"PipelineConfig.patch_position_init must be one of {PATCH_POSITION_INITS}, got {self.patch_position_init!r}"
+            )
+        for name, default in (("patch_position_scale", "unit"), ("patch_position_init", "random")):
+            if getattr(self, name) != default and not self.patch_position:
+                raise ValueError(f"PipelineConfig.{name} sets up the patch positions; it needs patch_position=True")
         if self.region_head not in TRAINED_REGION_HEADS:
             raise ValueError(f"PipelineConfig.region_head must be one of {TRAINED_REGION_HEADS}, got {self.region_head!r}")
         kinds = self.instruction_kinds.split(",")

@@ -216,7 +216,8 @@ def finetune(
     if region_prompts:
         args += ["--region_prompts", "True"]
     if config.patch_position:
-        args += ["--mm_patch_position", "True", "--mm_patch_position_scale", config.patch_position_scale]
+        args += ["--mm_patch_position", "True", "--mm_patch_position_scale", config.patch_position_scale,
+                 "--mm_patch_position_init", config.patch_position_init]  # fmt: skip
     if config.patch_order != "row":
         args += ["--mm_patch_order", config.patch_order]
     if projector_only:

@@ -111,6 +111,9 @@ def main() -> None:
         "--patch_position_scale", default="unit", help="unit | token (embeddings scaled to each token's norm)"
     )
     parser.add_argument(
+        "--patch_position_init", default="random", help="random | digits (the LLM's embeddings of each patch's hundreds digit)"
+    )
+    parser.add_argument(
         "--patch_order", default="row", help="row | row_column (the patch tokens again, column-major)"
     )
     parser.add_argument(
@@ -123,7 +126,8 @@ def main() -> None:
     config = config_for_profile(
         args.profile, out_dir=str(run), align_steps=args.align_steps, finetune_steps=args.finetune_steps,
         vision_select_layer=args.vision_select_layer, patch_position=args.patch_position,
-        patch_position_scale=args.patch_position_scale, patch_order=args.patch_order,
+        patch_position_scale=args.patch_position_scale, patch_position_init=args.patch_position_init,
+        patch_order=args.patch_order,
         **{name: getattr(args, name) for name in ("align_lr", "finetune_lr") if getattr(args, name) is not None},
     )  # fmt: skip
     world, llm = run / "world", run / "finetune" / "llm"
