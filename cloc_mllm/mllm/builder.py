@@ -33,8 +33,8 @@ from cloc_mllm.atomic_io import write_text_atomic
 from cloc_mllm.mllm.llm_source import load_language_model, load_tokenizer
 from cloc_mllm.mllm.projector import (
     PATCH_POSITION_INITS,
-    ColumnMajorCopy,
     MLPProjector,
+    PatchPositionProjector,
     extra_image_tokens,
     is_plain_llava_projector,
     llava_projector_act,
@@ -293,8 +293,8 @@ def assemble_llava(
 
         model.model.multi_modal_projector = with_patch_layout(model.model.multi_modal_projector, config).to(dtype)
         if args.mm_patch_position_init == "digits":
-            positions = model.model.multi_modal_projector
-            positions = positions.projector if isinstance(positions, ColumnMajorCopy) else positions
+            modules = model.model.multi_modal_projector.modules()
+            positions = next(m for m in modules if isinstance(m, PatchPositionProjector))  # under any wrapper
             positions.start_from_digits(llm.get_input_embeddings().weight[digit_token_ids(tokenizer)])
     if args.region_prompts:
         from cloc_mllm.mllm.modeling_cloc_llava import make_region_encoder

@@ -37,8 +37,8 @@ def configuration_sentence(report: dict) -> str:
     controls = " and the equal-supervision control (CLIP + region phrases)" if c.get("retrieval_control") else ""
     ferret = ", Ferret* from LLaVA-CLOC's stage-1 projector" if c.get("ferret_star") else ""
     stage2 = f"LoRA r={c['lora_r']}" if c.get("lora_r") else "the whole LLM"
-    cells = c.get("grounding_cell_size", 1)
-    cells = f", grounding bias in {cells}x{cells}-patch cells" if cells != 1 else ""
+    cell = c.get("grounding_cell_size", 1)
+    cells = f", grounding bias in {cell}x{cell}-patch cells" if cell != 1 else ""
     positions = f", {c.get('patch_position_scale', 'unit')}-scaled patch positions" if c.get("patch_position") else ""
     return (
         f"`--profile {c['profile']}` (seed {c['seed']}): {c['num_train']} synthetic train images; CLOC "
