@@ -152,6 +152,37 @@ def test_patch_layout_reaches_both_stages(tmp_path, monkeypatch):
         config_for_profile("ci", patch_position_scale="token")
 
 
+def test_llava_stages_leave_resume_points_while_running_and_none_after(tmp_path, monkeypatch):
+    """``save_steps``: each LLaVA stage of the main job checkpoints (the Trainer keeping the newest), and
+    the checkpoints go once the stage has finished; an experiment's own checkpoints stay. The cadence
+    is not a setting of the results: a run directory resumes under another one."""
+    from cloc_mllm.pipeline.plan import plan
+
+    launched = []
+
+    def train(command, **kwargs):  # a Trainer that wrote one checkpoint beside its result
+        launched.append(command)
+        (Path(command[command.index("--output_dir") + 1]) / "checkpoint-4").mkdir(parents=True)
+
+    monkeypatch.setattr(stages.subprocess, "run", train)
+    monkeypatch.setattr(stages, "exported_tower", lambda pretrained: pretrained)
+    monkeypatch.setattr(stages, "final_checkpoint", lambda pretrained: pretrained)
+    config = config_for_profile("ci", out_dir=str(tmp_path / "run"), deepspeed="", save_steps=2)
+    llava_stages = [s for s in plan(config) if s.name.startswith(("align_", "finetune_"))]
+    for stage in llava_stages:
+        stage.run()
+    assert len(launched) == len(llava_stages) == 5  # two stages per tower and Ferret*
+    assert all(c[c.index("--save_steps") + 1] == "2" and c[c.index("--save_total_limit") + 1] == "1" for c in launched)
+    assert not list((tmp_path / "run").rglob("checkpoint-*"))
+    launched.clear()
+    stages.finetune(config, tmp_path, tmp_path, tmp_path, tmp_path, tmp_path / "study", False, save_steps=2)
+    assert "--save_total_limit" not in launched[0] and (tmp_path / "study" / "checkpoint-4").is_dir()
+    assert same_settings({**asdict(config), "save_steps": 0}, config)
+    assert config_for_profile("ci").save_steps == 0 and config_for_profile("reproduce").save_steps > 0
+    with pytest.raises(ValueError, match="save_steps"):
+        config_for_profile("ci", save_steps=-1)
+
+
 def test_instruction_kinds_choose_the_turns(tmp_path):
     from tests.eval_helpers import make_world
 

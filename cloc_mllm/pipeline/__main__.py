@@ -20,7 +20,7 @@ from transformers import HfArgumentParser
 from cloc_mllm.mllm.llm_source import SOURCE_FILE
 
 from . import stages
-from .config import PipelineConfig, config_for_profile
+from .config import RUN_CONTROL_FIELDS, PipelineConfig, config_for_profile
 from .plan import describe, evaluations, plan, pretrainings
 from .report import write_report
 
@@ -39,8 +39,10 @@ def parse_config(argv: list[str] | None = None) -> PipelineConfig:
 
 def same_settings(saved: dict, config: PipelineConfig) -> bool:
     """Whether a run directory's saved settings are ``config``'s. A field added to PipelineConfig after
-    the run was made counts as the same while ``config`` keeps its default, so old runs still resume."""
-    current = asdict(config)
+    the run was made counts as the same while ``config`` keeps its default, so old runs still resume;
+    RUN_CONTROL_FIELDS (checkpoint cadence) never count."""
+    current = {k: v for k, v in asdict(config).items() if k not in RUN_CONTROL_FIELDS}
+    saved = {k: v for k, v in saved.items() if k not in RUN_CONTROL_FIELDS}
     defaults = {f.name: f.default for f in fields(PipelineConfig)}
     added = {k: v for k, v in current.items() if k not in saved and v == defaults[k]}
     return {**saved, **added} == current

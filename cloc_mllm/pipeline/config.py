@@ -39,11 +39,15 @@ PROFILES: dict[str, dict] = {
         # Measured idle 2026-12-06 with 600: 1 h 19 min in all (docs/results/reproduce)
         num_train=6000, num_val=200, num_test=400, pretrain_steps=2000, pretrain_batch_size=48, warmup_steps=100,
         llm_layers=4, align_steps=150, align_lr=2e-3, finetune_steps=600, finetune_lr=5e-4, finetune_batch_size=16,
-        lora_r=0, eval_limit=200, deepspeed="",
+        lora_r=0, eval_limit=200, deepspeed="", save_steps=100,  # a stage-2 step is 1.2-4.5 s: lose at most minutes
         benchmarks="refcoco_val,refcoco_testA,refcoco_testB,refcoco+_val,refcoco+_testA,refcoco+_testB,"
         "refcocog_val,refcocog_test,flickr30k_val,flickr30k_test",
     ),
 }
+
+
+# How a run is carried out, not what it computes: a run directory resumes under other values of these.
+RUN_CONTROL_FIELDS = frozenset({"save_steps"})
 
 
 def _help(text: str) -> dict:
@@ -170,6 +174,13 @@ class PipelineConfig:
             "from LLaVA-CLOC's stage-1 projector, same LLM, data, steps and seed; its referring is reported."
         ),
     )
+    save_steps: int = field(
+        default=0,
+        metadata=_help(
+            "Each LLaVA stage writes a Trainer checkpoint every that many steps (the newest one kept, all removed "
+            "once the stage ends), so a killed run resumes inside a stage instead of restarting it; 0 = none."
+        ),
+    )
     # evaluation
     eval_limit: int = field(default=100, metadata=_help("Items per evaluation split (0 = all)."))
     benchmarks: str = field(
@@ -206,7 +217,7 @@ class PipelineConfig:
             )
         if self.ferret_star and "referring" not in kinds:
             raise ValueError("PipelineConfig.ferret_star needs referring turns in instruction_kinds (or --ferret_star False)")
-        for name in ("align_steps", "llm_layers", "lora_r"):
+        for name in ("align_steps", "llm_layers", "lora_r", "save_steps"):
             if getattr(self, name) < 0:
                 raise ValueError(f"PipelineConfig.{name} must be >= 0, got {getattr(self, name)!r}")
         if self.grounding_cell_size <= 0:

@@ -85,16 +85,18 @@ def plan(config: PipelineConfig) -> list[Stage]:
         Stage("language_model", llm, (), lambda: stages.language_model(config, llm)),
     ]  # fmt: skip
     align = {loss: run / "finetune" / f"align_{loss}" if config.align_steps else None for loss in stages.ENCODERS}
+    checkpoints = dict(save_steps=config.save_steps, keep_checkpoints=False)  # resume points inside each LLaVA stage
     for loss in stages.ENCODERS:  # LLaVA-1.5 per tower: stage 1 aligns a projector, stage 2 tunes the LLM too
         pretrained, out, adapter = run / "pretrain" / loss, run / "finetune" / f"llava_{loss}", align[loss]
         needs = (pretrained, data, llm, world)
         if adapter is not None:
             planned.append(Stage(f"align_{loss}", adapter, needs, lambda p=pretrained, adapter=adapter: stages.finetune(
-                config, llm, stages.exported_tower(p), data, world / "refer", adapter, projector_only=True)))
+                config, llm, stages.exported_tower(p), data, world / "refer", adapter, projector_only=True, **checkpoints)))
         planned.append(Stage(
             f"finetune_{loss}", out, needs + ((adapter,) if adapter else ()),
             lambda p=pretrained, out=out, adapter=adapter: stages.finetune(
-                config, llm, stages.exported_tower(p), data, world / "refer", out, projector_only=False, adapter=adapter),
+                config, llm, stages.exported_tower(p), data, world / "refer", out, projector_only=False, adapter=adapter,
+                **checkpoints),
         ))  # fmt: skip
     if config.ferret_star:  # LLaVA-CLOC again, with the Prompter's region token after each referred box
         ferret, cloc = run / "finetune" / "llava_cloc_regions", run / "pretrain" / "cloc"
@@ -104,7 +106,8 @@ def plan(config: PipelineConfig) -> list[Stage]:
                   files=(region_data,)),
             Stage("finetune_cloc_regions", ferret, (cloc, region_data, llm, world) + ((align["cloc"],) if align["cloc"] else ()),
                   lambda: stages.finetune(config, llm, stages.final_checkpoint(cloc), region_data, world / "refer",
-                                          ferret, projector_only=False, adapter=align["cloc"], region_prompts=True)),
+                                          ferret, projector_only=False, adapter=align["cloc"], region_prompts=True,
+                                          **checkpoints)),
         ]  # fmt: skip
     for e in evaluations(config):
         out = run / "eval" / e.name

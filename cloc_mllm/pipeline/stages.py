@@ -10,6 +10,7 @@ import importlib.util
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -189,13 +190,15 @@ def language_model(config: PipelineConfig, out_dir: Path) -> None:
 def finetune(
     config: PipelineConfig, llm: Path, tower: Path, data: Path, image_root: Path, out_dir: Path,
     projector_only: bool, adapter: Path | None = None, region_prompts: bool = False, save_steps: int = 0,
+    keep_checkpoints: bool = True,
 ) -> None:
     """One LLaVA-1.5 stage with ``deepspeed finetune/train.py`` (plain python when no DeepSpeed config
     is given): stage 1 (``projector_only``: tower and LLM frozen, ``align_steps`` at ``align_lr``) or
     stage 2 (the LLM trains too, fully or with LoRA; from the stage-1 projector in ``adapter``).
     ``region_prompts``: Ferret*, ``tower`` is a whole CLOC checkpoint whose frozen Prompter embeds the
     ``<region>`` boxes; the region MLP trains. ``save_steps``: a Trainer checkpoint every that many steps
-    (a killed run resumes from the last; each is a whole LLaVA that evaluates as one)."""
+    (a killed run resumes from the last; each is a whole LLaVA that evaluates as one); with
+    ``keep_checkpoints=False`` only the newest is kept and none once the stage has finished."""
     steps, lr = (config.align_steps, config.align_lr) if projector_only else (config.finetune_steps, config.finetune_lr)
     ranks = config.num_ranks if config.deepspeed else 1  # plain python is one process
     per_rank = max(1, config.finetune_batch_size // ranks)
@@ -208,6 +211,7 @@ def finetune(
         "--learning_rate", str(lr), "--lr_scheduler_type", "cosine", "--warmup_steps", str(max(1, steps // 20)),
         "--weight_decay", "0.0", "--model_max_length", "512", "--logging_steps", "10",
         *(["--save_strategy", "steps", "--save_steps", str(save_steps)] if save_steps else ["--save_strategy", "no"]),
+        *([] if keep_checkpoints or not save_steps else ["--save_total_limit", "1"]),
         "--report_to", "tensorboard", "--seed", str(config.seed),
         "--dataloader_num_workers", "0",
     ]
@@ -248,6 +252,9 @@ def finetune(
         subprocess.run(command, check=True, env=script_env(TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS=threads))
     finally:  # the ranks free their own segments on success; this covers a crashed rank
         release_deepspeed_shm(port)
+    if not keep_checkpoints:  # the stage's result is out_dir itself; its resume points only cost disk now
+        for checkpoint in out_dir.glob("checkpoint-*"):
+            shutil.rmtree(checkpoint)
 
 
 # ----- evaluation --------------------------------------------------------------------------------
