@@ -68,6 +68,11 @@ def test_refer_items_carry_their_scene_and_the_random_object_references(world):
     assert 0 < reference["random_object_acc@0.5"] <= reference["random_same_class_acc@0.5"] <= 1
     scenes = [len(i.objects) for i in bench.items]
     assert reference["random_object_acc@0.5"] >= sum(1 / n for n in scenes) / len(scenes)  # the target itself
+    # answering the referred box itself: always on an object, always the referred one
+    truth = {i.key: {"status": "ok", "boxes": [[b / s for b, s in zip(i.boxes[0], (i.width, i.height) * 2)]],
+                     "image_size": [i.width, i.height]} for i in bench.items}  # fmt: skip
+    objects = score_benchmark(bench, truth)["objects"]
+    assert objects == {"hit": 1.0, "referred_of_hits": 1.0, "items": len(bench.items)}
 
 
 def test_missing_data_is_reported_not_raised(world, tmp_path):

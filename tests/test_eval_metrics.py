@@ -154,6 +154,28 @@ def test_random_object_reference_is_the_expected_share_of_hitting_candidates():
         random_object_accuracy([target], [])
 
 
+def test_object_hits_separate_finding_an_object_from_finding_the_referred_one():
+    from cloc_mllm.eval.metrics import object_hits
+
+    target = [(0, 0, 10, 10)]
+    scene = [(0, 0, 10, 10), (50, 50, 60, 60), (70, 70, 80, 80)]
+    predictions = [
+        [(0, 0, 10, 10)],  # the referred object
+        [(50, 50, 60, 61)],  # another object (IoU 10/11): found, not the referred one
+        [(30, 30, 40, 40)],  # background
+        [],  # unparseable answer: a miss
+        [(0, 0, 10, 10)],  # an item without annotated objects: left out
+    ]
+    got = object_hits(predictions, [target] * 5, [scene, scene, scene, scene, []])
+    assert got == {"hit": pytest.approx(2 / 4), "referred_of_hits": pytest.approx(1 / 2), "items": 4}
+    # only the first (ranked) box counts
+    assert object_hits([[(30, 30, 40, 40), (0, 0, 10, 10)]], [target], [scene])["hit"] == 0.0
+    assert object_hits([[(30, 30, 40, 40)]], [target], [scene])["referred_of_hits"] is None
+    assert object_hits([[(0, 0, 1, 1)]], [target], [[]]) == {"hit": None, "referred_of_hits": None, "items": 0}
+    with pytest.raises(ValueError):
+        object_hits([[]], [target], [])
+
+
 def test_paired_bootstrap_gap_brackets_the_observed_gap_and_shrinks_with_items():
     from cloc_mllm.eval.metrics import paired_bootstrap_gap
 

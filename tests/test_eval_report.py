@@ -25,6 +25,7 @@ RESULTS = {
             },
             "counts": {"status_unparseable": 3, "status_missing_image": 1},
             "localisation": {"centre_error": 0.05, "centre_error_blind": 0.2, "answered": 6},
+            "objects": {"hit": 0.9, "referred_of_hits": 0.9357, "items": 10},
         },
         "flickr30k_test": {
             "any": {"acc@0.5": 0.5, "mean_iou": 0.4, "n": 4},
@@ -51,8 +52,9 @@ RESULTS = {
 
 def test_markdown_tables_in_percent():
     md = report.results_markdown(RESULTS, ["grounding.png"])
-    assert "| refcoco_val | 10 | 84.2 | – | – | 84.2 | 90.0 | 95.0 | 70.0 | 5.0 | 20.0 | 3 | 0 | 1 |" in md
+    assert "| refcoco_val | 10 | 84.2 | – | – | 84.2 | 90.0 | 95.0 | 70.0 | 5.0 | 20.0 | 90.0 | 93.6 | 3 | 0 | 1 |" in md
     assert "| flickr30k_test | 4 | 50.0 | 25.0 | 75.0 |" in md
+    assert "| – | – | – | – | 0 | 0 | 0 |" in md  # Flickr lists no scene objects: no landing rates
     assert "| refcoco_val | 7 | 10.0 | 60.0 | 50.0 | – |" in md
     assert "| 20 | 71.1 | 75.0 | prompter |" in md
     assert "| -2 | 30.0 | 80.0 | 60.0 |" in md  # patch probes

@@ -47,6 +47,14 @@ def test_table_holds_claims_gap_centre_errors_and_references():
     assert "| 0 of 2 | 1 of 2 | LLaVA-CLOC on every split | no |" in table
     assert "constant mean box 1.0, random object of the image 25.0, random object of the named class 90.0" in table
     assert "(CLIP + region phrases): 52.0" in table
+    assert "on some annotated object" not in table  # reports before the object rates say nothing of them
+    report = _report()
+    for name, hit, referred in (("llava_clip", 0.2, 0.25), ("llava_cloc", 0.4, 0.5)):
+        for split in report["metrics"][name]["grounding"].values():
+            split["objects"] = {"hit": hit, "referred_of_hits": referred, "items": 30}
+    landing = results_table(report)
+    assert "LLaVA-CLIP 20.0, LLaVA-CLOC 40.0; of those on the referred object 25.0 and 50.0" in landing
+    assert "(a random object of the image is the referred one 25.0:" in landing
     sentence = render(_report(), "docs/results/ci/report.json").split("\n")[0]
     assert "`region_head: prompter`" in sentence and "first 2 of its 30 decoder layers" in sentence
     assert "stage times summed 3 min" in sentence  # 180 s, the unrecorded stage left out

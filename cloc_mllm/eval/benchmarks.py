@@ -14,7 +14,13 @@ from pathlib import Path
 
 from cloc_mllm.data.flickr30k import FlickrPhrase, load_flickr30k_entities
 from cloc_mllm.data.refer import RefRecord, image_objects, load_refer, refs_file
-from cloc_mllm.eval.metrics import centre_errors, mean_box_accuracy, random_object_accuracy, score_grounding
+from cloc_mllm.eval.metrics import (
+    centre_errors,
+    mean_box_accuracy,
+    object_hits,
+    random_object_accuracy,
+    score_grounding,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -196,6 +202,7 @@ def score_benchmark(
         same_class = [[box for box, name in item.objects if name == item.noun] for item in scored]
         result["reference"]["random_object_acc@0.5"] = random_object_accuracy(targets, scenes)
         result["reference"]["random_same_class_acc@0.5"] = random_object_accuracy(targets, same_class)
+        result["objects"] = object_hits(predictions, targets, scenes)
     result["counts"] = {
         "items": len(benchmark.items),
         "scored": len(scored),

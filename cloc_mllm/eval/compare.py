@@ -30,6 +30,8 @@ def headline_metrics(results: dict) -> dict[str, float]:
             flat[f"grounding/{bench}/Acc@0.5 merged"] = m["merged"]["acc@0.5"]
         if "localisation" in m:
             flat[f"grounding/{bench}/centre error (lower is better)"] = m["localisation"]["centre_error"]
+        if m.get("objects", {}).get("hit") is not None:
+            flat[f"grounding/{bench}/answer on an object"] = m["objects"]["hit"]
     for bench, m in results.get("referring", {}).items():
         for key in ("noun", "exact", "cider"):
             if m.get(key) is not None:

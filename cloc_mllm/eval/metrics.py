@@ -152,6 +152,39 @@ def random_object_accuracy(
     return expected / len(kept)
 
 
+def object_hits(
+    predictions: Sequence[Sequence[Box]],
+    targets: Sequence[Sequence[Box]],
+    objects: Sequence[Sequence[Box]],
+    threshold: float = 0.5,
+) -> dict[str, float | int | None]:
+    """Does a grounder find *an* object, and is it the referred one? Two rates that Acc@0.5 folds together.
+
+    ``hit``: share of items whose first predicted box overlaps some annotated object of the image
+    (``objects[i]``, the target among them) at IoU >= ``threshold``; an empty answer is a miss.
+    ``referred_of_hits``: of those, the share that overlap the target. A grounder that finds objects but
+    ignores the words lands on the referred one as often as a random object of the image
+    (:func:`random_object_accuracy`); one that reads the expression comes near 1. Items without annotated
+    objects are left out (None when none has any).
+    """
+    if not len(predictions) == len(targets) == len(objects):
+        raise ValueError(f"{len(predictions)} predictions, {len(targets)} targets, {len(objects)} object lists")
+    kept = [i for i, candidates in enumerate(objects) if candidates and targets[i]]
+    found = referred = 0
+    for i in kept:
+        if not predictions[i]:
+            continue
+        first = torch.tensor([predictions[i][0]], dtype=torch.float64)
+        if (box_iou(first, torch.tensor(objects[i], dtype=torch.float64)) >= threshold).any():
+            found += 1
+            referred += bool((box_iou(first, torch.tensor(targets[i], dtype=torch.float64)) >= threshold).any())
+    return {
+        "hit": found / len(kept) if kept else None,
+        "referred_of_hits": referred / found if found else None,
+        "items": len(kept),
+    }
+
+
 def paired_bootstrap_gap(
     hits_a: dict[str, Sequence[int]],
     hits_b: dict[str, Sequence[int]],

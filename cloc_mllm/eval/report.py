@@ -69,12 +69,14 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence], cell: Callab
 
 
 def grounding_table(grounding: dict[str, dict]) -> str:
-    """Per benchmark: Acc@0.5 under each protocol, Recall@k (when predictions are ranked), counts."""
+    """Per benchmark: Acc@0.5 under each protocol, Recall@k (when predictions are ranked), where the
+    answers land (centre error; on some annotated object, and the referred one among those), counts."""
     header = ["benchmark", "n", "Acc@0.5", "Acc@0.5 first-box", "Acc@0.5 merged-box", "R@1", "R@5", "R@10"]
-    header += ["mean IoU", "centre error", "blind centre error", "unparseable", "empty", "missing image"]
+    header += ["mean IoU", "centre error", "blind centre error", "on an object", "referred of those"]
+    header += ["unparseable", "empty", "missing image"]
     rows = []
     for name, m in grounding.items():
-        any_, counts, where = m["any"], m["counts"], m.get("localisation", {})
+        any_, counts, where, objects = m["any"], m["counts"], m.get("localisation", {}), m.get("objects", {})
         rows.append(
             [
                 name,
@@ -88,6 +90,8 @@ def grounding_table(grounding: dict[str, dict]) -> str:
                 any_["mean_iou"],
                 where.get("centre_error"),
                 where.get("centre_error_blind"),
+                objects.get("hit"),
+                objects.get("referred_of_hits"),
                 counts.get("status_unparseable", 0),
                 counts.get("status_empty_answer", 0),
                 counts.get("status_missing_image", 0),

@@ -36,7 +36,12 @@ PROFILES: dict[str, dict] = {
         # LLaVAs then on 2 DeepSpeed ranks in fp32; one process in bf16 runs them ~2.2x faster (docs/mllm.md), so
         # the same two hours carry 600 stage-2 steps: on the val splits more steps was the one change that helped
         # (experiments/llava_prompt_order: refcoco/+/g val mean 1.7 -> 7.0 Acc@0.5 from 300 to 1200 steps).
-        # Measured idle 2026-12-06 with 600: 1 h 19 min in all (docs/results/reproduce)
+        # Measured idle 2026-12-06 with 600: 1 h 19 min in all. On a 2-core CPU without bf16 (fp32 LLaVAs, stage 2
+        # ~4.3 s a step) the run of docs/results/reproduce took 3 h 41 min (pretraining 49, LLaVAs 146, evaluations 25).
+        # Chosen on val (the test splits were read once, for that report): grounding cells of 2 x 2 patches
+        # (grounding head refcoco/+/g val 71.5/64.1/76.1 -> 77.5/71.1/79.3 Acc@0.5, experiments/grounding_cells) and
+        # patch positions scaled to the tokens (LLaVA val mean 4.3 -> 7.7 Acc@0.5, experiments/llava_prompt_order).
+        grounding_cell_size=2, patch_position=True, patch_position_scale="token",
         num_train=6000, num_val=200, num_test=400, pretrain_steps=2000, pretrain_batch_size=48, warmup_steps=100,
         llm_layers=4, align_steps=150, align_lr=2e-3, finetune_steps=600, finetune_lr=5e-4, finetune_batch_size=16,
         lora_r=0, eval_limit=200, deepspeed="", save_steps=100,  # a stage-2 step is 1.2-4.5 s: lose at most minutes

@@ -280,6 +280,11 @@ def write_report(
          metric_at(metrics["cloc"], "grounding", s, *where), metric_at(metrics["llava_cloc"], "grounding", s, "localisation", "centre_error_blind")]
         for s in splits
     ]  # fmt: skip
+    object_rows = [
+        [s] + [metric_at(metrics[name], "grounding", s, "objects", key) for name in mllm_columns for key in ("hit", "referred_of_hits")]
+        + [metric_at(metrics["llava_cloc"], "grounding", s, "reference", "random_object_acc@0.5")]
+        for s in splits if metric_at(metrics["llava_cloc"], "grounding", s, "objects", "hit") is not None
+    ]  # fmt: skip
     gain_rows = [
         [LABELS[name]] + [_nats(metrics[name]["image_digit_gain"]["gain"].get(f"{c} hundreds")) for c in COORDINATES]
         for name in LABELS if "image_digit_gain" in metrics.get(name, {})
@@ -330,6 +335,15 @@ def write_report(
         "(the test boxes' mean centre): an MLLM near the blind figure is not looking at the image.",
         "",
         markdown_table(["split", "LLaVA-CLIP", "LLaVA-CLOC", "CLOC grounding head", "blind guess"], centre_rows),
+        "",
+        "Where the answer lands (splits with annotated objects): the share of answers on some annotated object "
+        "of the image (IoU >= 0.5; `on object`), and of those the share on the referred one (`referred`). A "
+        "grounder that finds objects but ignores the words lands on the referred object as often as a random "
+        "object of the image does (last column); one that reads the expression comes near 100.",
+        "",
+        markdown_table(["split"] + [f"{label} {key}" for label in ("LLaVA-CLIP", "LLaVA-CLOC", "CLOC grounding head")
+                                    for key in ("on object", "referred")] + ["random object"], object_rows)
+        if object_rows else "(not evaluated)",
         "",
         "What each LLaVA reads from the image (cloc_mllm.eval.digit_gain): the test items' true boxes scored "
         "as answers with each item's own image and with another item's; the gain in nats on the hundreds digit "
