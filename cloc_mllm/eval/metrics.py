@@ -174,10 +174,10 @@ def object_hits(
     for i in kept:
         if not predictions[i]:
             continue
-        first = torch.tensor([predictions[i][0]], dtype=torch.float64)
-        if (box_iou(first, torch.tensor(objects[i], dtype=torch.float64)) >= threshold).any():
+        first = [predictions[i][0]]
+        if protocol_ious(first, objects[i])[0] >= threshold:
             found += 1
-            referred += bool((box_iou(first, torch.tensor(targets[i], dtype=torch.float64)) >= threshold).any())
+            referred += protocol_ious(first, targets[i])[0] >= threshold
     return {
         "hit": found / len(kept) if kept else None,
         "referred_of_hits": referred / found if found else None,

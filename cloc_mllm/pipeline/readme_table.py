@@ -69,23 +69,22 @@ def results_table(report: dict) -> str:
             f"{below['llava_cloc']} of {len(splits)}", "LLaVA-CLOC on every split", below["llava_cloc"] == len(splits),
         ])  # fmt: skip
     table = markdown_table(["claim", "CLIP baseline", "CLOC", "target", "target met"], rows)
-    references = [
-        f"{label} {format_cell(_mean([metric_at(metrics['llava_cloc'], 'grounding', s, 'reference', key) for s in splits]))}"
-        for key, label in REFERENCE_LABELS.items()
-    ]
+    reference_means = {
+        key: _mean([metric_at(metrics["llava_cloc"], "grounding", s, "reference", key) for s in splits]) for key in REFERENCE_LABELS
+    }
+    references = [f"{label} {format_cell(reference_means[key])}" for key, label in REFERENCE_LABELS.items()]
     control = metric_at(metrics.get("clip_phrases", {}), "encoder", "image_text_retrieval", "i2t_R@1")
     notes = [f"Grounding references (Acc@0.5, mean of the same splits): {', '.join(references)}."]
     landing = {
         name: [_mean([metric_at(metrics[name], "grounding", s, "objects", key) for s in splits]) for key in ("hit", "referred_of_hits")]
         for name in ("llava_clip", "llava_cloc")
     }  # fmt: skip
-    random_object = _mean([metric_at(metrics["llava_cloc"], "grounding", s, "reference", "random_object_acc@0.5") for s in splits])
     if landing["llava_cloc"][0] is not None:
         notes.append(
             "MLLM answers on some annotated object of the image (IoU >= 0.5, mean of the same splits): LLaVA-CLIP "
             f"{format_cell(landing['llava_clip'][0])}, LLaVA-CLOC {format_cell(landing['llava_cloc'][0])}; of those on "
             f"the referred object {format_cell(landing['llava_clip'][1])} and {format_cell(landing['llava_cloc'][1])} "
-            f"(a random object of the image is the referred one {format_cell(random_object)}: a grounder that ignores "
+            f"(a random object of the image is the referred one {format_cell(reference_means['random_object_acc@0.5'])}: a grounder that ignores "
             "the words scores that)."
         )
     if control is not None:
