@@ -111,13 +111,17 @@ def main() -> None:
         "--patch_position_scale", default="unit", help="unit | token (embeddings scaled to each token's norm)"
     )
     parser.add_argument(
-        "--patch_position_init", default="random", help="random | digits (the LLM's embeddings of each patch's hundreds digit)"
+        "--patch_position_init",
+        default="random",
+        help="random | digits (the LLM's embeddings of each patch's hundreds digit)",
     )
     parser.add_argument(
         "--patch_order", default="row", help="row | row_column (the patch tokens again, column-major)"
     )
     parser.add_argument(
-        "--answer_prefix", default="", help="text every answer starts with before its box (e.g. 'The object is at ')"
+        "--answer_prefix",
+        default="",
+        help="text every answer starts with before its box (e.g. 'The object is at ')",
     )
     args = parser.parse_args()
 
@@ -143,7 +147,11 @@ def main() -> None:
         if not val_data.exists():
             grounding_data(world, order, config.seed, val_data, split="val", answer_prefix=args.answer_prefix)
         if not data.exists():
-            print(order, grounding_data(world, order, config.seed, data, answer_prefix=args.answer_prefix), "records")
+            print(
+                order,
+                grounding_data(world, order, config.seed, data, answer_prefix=args.answer_prefix),
+                "records",
+            )
         for tower in args.towers.split(","):
             key = f"{tower}/{order}" + (f"/{args.tag}" if args.tag else "")
             if key in summary["results"]:
@@ -183,6 +191,7 @@ def main() -> None:
     plot(summary["results"], out / "curve.png")
     plot_digit_gain(summary["results"], out / "digit_gain.png")
     plot_gain_curves(summary["results"], out / "gain_curves.png")
+    plot_objects(summary["results"], out / "objects.png")
 
 
 def read_summary(path: Path) -> dict:
@@ -202,6 +211,8 @@ def score(model, processor, benchmarks, template: str, val_data: Path, image_fol
                 "acc@0.5": m["any"]["acc@0.5"],
                 "mean_iou": m["any"]["mean_iou"],
                 "centre": m["localisation"],
+                "objects": m.get("objects"),  # the first answer on some object, and on the referred one
+                "reference": m["reference"],
             }
             for split, m in metrics.items()
         },
@@ -277,6 +288,55 @@ def plot_gain_curves(results: dict, path: Path) -> None:
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("loss with another image - own (nats)")
     axes[1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def pooled_objects(metrics: dict) -> tuple[float, float | None, float]:
+    """Over a step's val splits, pooled by item: first answers on some object, the referred one of those
+    (None without a hit) and a random object of the image's Acc@0.5 (the ignore-the-words reference)."""
+    scored = [m for m in metrics.values() if m.get("objects")]
+    items = sum(m["objects"]["items"] for m in scored)
+    hits = sum(m["objects"]["hit"] * m["objects"]["items"] for m in scored)
+    referred = sum(
+        (m["objects"]["referred_of_hits"] or 0.0) * m["objects"]["hit"] * m["objects"]["items"]
+        for m in scored
+    )
+    random_object = (
+        sum(m["reference"]["random_object_acc@0.5"] * m["objects"]["items"] for m in scored) / items
+    )
+    return hits / items, (referred / hits if hits else None), random_object
+
+
+def plot_objects(results: dict, path: Path) -> None:
+    """Per variant and scored step: how often the first answer lands on an object, and on the referred one."""
+    keys = [
+        key
+        for key, result in results.items()
+        if last(result)["metrics"] and "objects" in next(iter(last(result)["metrics"].values()))
+    ]
+    if not keys:
+        return
+    fig, (hit_ax, referred_ax) = plt.subplots(1, 2, figsize=(11, 4))
+    for key in keys:
+        steps = sorted(results[key]["val"])
+        pooled = [pooled_objects(results[key]["val"][s]["metrics"]) for s in steps]
+        hit_ax.plot(steps, [100 * p[0] for p in pooled], marker="o", label=key)
+        referred_ax.plot(
+            steps, [100 * p[1] if p[1] is not None else float("nan") for p in pooled], marker="o", label=key
+        )
+    referred_ax.axhline(
+        100 * pooled[-1][2], color="grey", linestyle="--", label="a random object of the image"
+    )
+    hit_ax.set(
+        xlabel="stage-2 step", ylabel="% of val items", title="first answer on some object (IoU >= 0.5)"
+    )
+    referred_ax.set(xlabel="stage-2 step", ylabel="% of those hits", title="... and on the referred one")
+    for ax in (hit_ax, referred_ax):
+        ax.set_ylim(0, 100)
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -63,3 +63,16 @@ def test_the_transposed_run_transposes_images_and_keeps_annotations(tmp_path):
     with pytest.raises(ValueError, match="b.png.*not square"):
         transposed_run(run, tmp_path / "t2")
     assert not (tmp_path / "t2" / "world" / "refer" / "images").exists()  # no half-written folder taken as done
+
+
+def test_pooled_objects_weighs_splits_by_items_and_hits():
+    from experiments.llava_prompt_order.run import pooled_objects
+
+    def split(items, hit, referred, random_object):
+        return {"objects": {"items": items, "hit": hit, "referred_of_hits": referred},
+                "reference": {"random_object_acc@0.5": random_object}}  # fmt: skip
+
+    # 100 items with 10 hits (9 referred) and 300 items with 30 hits (3 referred): 40 hits of 400, 12 referred
+    hit, referred, random_object = pooled_objects({"a": split(100, 0.1, 0.9, 0.2), "b": split(300, 0.1, 0.1, 0.4)})
+    assert hit == pytest.approx(0.1) and referred == pytest.approx(12 / 40) and random_object == pytest.approx(0.35)
+    assert pooled_objects({"a": split(50, 0.0, None, 0.3)})[1] is None  # no hit: no referred share
