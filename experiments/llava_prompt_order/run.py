@@ -314,7 +314,7 @@ def plot_objects(results: dict, path: Path) -> None:
     keys = [
         key
         for key, result in results.items()
-        if last(result)["metrics"] and "objects" in next(iter(last(result)["metrics"].values()))
+        if any(m.get("objects") for m in last(result)["metrics"].values())
     ]
     if not keys:
         return
