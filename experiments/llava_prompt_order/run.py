@@ -39,6 +39,11 @@ from cloc_mllm.mllm.instruct_builders import (  # noqa: E402
 from cloc_mllm.mllm.templates import IMAGE_TOKEN  # noqa: E402
 from cloc_mllm.pipeline import stages  # noqa: E402
 from cloc_mllm.pipeline.config import config_for_profile  # noqa: E402
+from experiments.llava_prompt_order.pointing import (  # noqa: E402
+    llm_with_cells,
+    point_answers,
+    pointing_scores,
+)
 
 ORDERS = ("question_first", "image_first")
 
@@ -64,9 +69,11 @@ def prefix_answers(records: list[dict], prefix: str) -> list[dict]:
 
 
 def grounding_data(
-    world: Path, order: str, seed: int, out_path: Path, split: str = "train", answer_prefix: str = ""
+    world: Path, order: str, seed: int, out_path: Path, split: str = "train", answer_prefix: str = "",
+    point_grid: int = 0,
 ) -> int:
-    """Single-turn grounding records of RefCOCO/+/g ``split`` in ``order``; returns their number."""
+    """Single-turn grounding records of RefCOCO/+/g ``split`` in ``order`` (answers pointing at a cell of
+    ``point_grid`` first when given); returns their number."""
     records = []
     for dataset, split_by in (("refcoco", "unc"), ("refcoco+", "unc"), ("refcocog", "umd")):
         refs = load_refer(world / "refer", dataset=dataset, split_by=split_by, split=split)
@@ -80,6 +87,8 @@ def grounding_data(
         )
     if order == "question_first":
         records = move_image_after_question(records)
+    if point_grid:
+        records = point_answers(records, point_grid)
     write_records(prefix_answers(records, answer_prefix), out_path)
     return len(records)
 
@@ -123,6 +132,11 @@ def main() -> None:
         default="",
         help="text every answer starts with before its box (e.g. 'The object is at ')",
     )
+    parser.add_argument(
+        "--point_cell",
+        action="store_true",
+        help="answers start with the tower cell holding the box centre, <cell_k> (pointing.py)",
+    )
     args = parser.parse_args()
 
     run, out = Path(args.run), Path(args.out)
@@ -135,6 +149,12 @@ def main() -> None:
         **{name: getattr(args, name) for name in ("align_lr", "finetune_lr") if getattr(args, name) is not None},
     )  # fmt: skip
     world, llm = run / "world", run / "finetune" / "llm"
+    grid = 0
+    if args.point_cell:
+        first_tower = stages.exported_tower(run / "pretrain" / args.towers.split(",")[0])
+        tower_config = json.loads((first_tower / "config.json").read_text())
+        grid = tower_config["image_size"] // tower_config["patch_size"]
+        llm = llm_with_cells(llm, out / "llm_cells", grid)
     names = [n for n in args.benchmarks.split(",") if n]
     benchmarks, unavailable = load_grounding_benchmarks(world / "refer", None, names, limit=args.eval_limit)
     if unavailable:
@@ -142,14 +162,18 @@ def main() -> None:
     summary_path = out / "summary.json"
     summary = read_summary(summary_path) if summary_path.exists() else {"args": vars(args), "results": {}}
     for order in args.orders.split(","):
-        name = order + ("_prefixed" if args.answer_prefix else "")
+        name = order + ("_prefixed" if args.answer_prefix else "") + ("_cells" if grid else "")
         data, val_data = out / f"train_{name}.json", out / f"val_{name}.json"
         if not val_data.exists():
-            grounding_data(world, order, config.seed, val_data, split="val", answer_prefix=args.answer_prefix)
+            grounding_data(
+                world, order, config.seed, val_data, split="val", answer_prefix=args.answer_prefix, point_grid=grid
+            )
         if not data.exists():
             print(
                 order,
-                grounding_data(world, order, config.seed, data, answer_prefix=args.answer_prefix),
+                grounding_data(
+                    world, order, config.seed, data, answer_prefix=args.answer_prefix, point_grid=grid
+                ),
                 "records",
             )
         for tower in args.towers.split(","):
@@ -180,7 +204,7 @@ def main() -> None:
             log = json.loads((llava / "train_summary.json").read_text())["log_history"]
             summary["results"][key] = {
                 "val": {
-                    step: score(*load_mllm(path), benchmarks, template, val_data, world / "refer")
+                    step: score(*load_mllm(path), benchmarks, template, val_data, world / "refer", grid)
                     for step, path in sorted(checkpoints.items())
                 },
                 "loss": [(h["step"], h["loss"]) for h in log if "loss" in h],
@@ -202,9 +226,17 @@ def read_summary(path: Path) -> dict:
     return summary
 
 
-def score(model, processor, benchmarks, template: str, val_data: Path, image_folder: Path) -> dict:
-    """Val grounding of one LLaVA (metrics per split, its first answers) and its per-digit image gain."""
+def score(
+    model, processor, benchmarks, template: str, val_data: Path, image_folder: Path, point_grid: int = 0
+) -> dict:
+    """Val grounding of one LLaVA (metrics per split, its first answers), its per-digit image gain and,
+    for answers that point first, how often they name the right cell."""
     metrics, rows = evaluate_mllm_grounding(model, processor, benchmarks, prompt=template)
+    pointing = (
+        {bench.name: pointing_scores(bench, rows[bench.name], point_grid) for bench in benchmarks}
+        if point_grid
+        else {}
+    )
     return {
         "metrics": {
             split: {
@@ -213,6 +245,7 @@ def score(model, processor, benchmarks, template: str, val_data: Path, image_fol
                 "centre": m["localisation"],
                 "objects": m.get("objects"),  # the first answer on some object, and on the referred one
                 "reference": m["reference"],
+                **({"pointing": pointing[split]} if split in pointing else {}),
             }
             for split, m in metrics.items()
         },
