@@ -36,6 +36,12 @@ def cell_of(box, grid: int) -> int:
     return min(grid - 1, int(cy * grid)) * grid + min(grid - 1, int(cx * grid))
 
 
+def pixel_cell(box, image_size: tuple[int, int], grid: int) -> int:
+    """``cell_of`` for a pixel xyxy box on an image of ``image_size`` = (width, height)."""
+    width, height = image_size
+    return cell_of((box[0] / width, box[1] / height, box[2] / width, box[3] / height), grid)
+
+
 def point_answers(records: list[dict], grid: int) -> list[dict]:
     """``[x1, ...]`` -> ``<cell_k> [x1, ...]`` in each record's answers (each answer holds one box)."""
     for record in records:
@@ -79,8 +85,10 @@ def llm_with_cells(llm: Path, out: Path, grid: int, seed: int = 0) -> Path:
 
 def pointing_scores(benchmark: GroundingBenchmark, rows: dict[str, dict], grid: int) -> dict:
     """Of one split's answers: the share that name a cell, that name the referred box's centre cell
-    (chance 1 / grid**2), and whose box centre lies in the cell they named (the digits follow the pointer)."""
-    named = right = consistent = 0
+    (chance 1 / grid**2), that name the centre cell of some annotated object (landing, whatever the
+    words; None when the split lists no objects), and whose box centre lies in the cell they named
+    (the digits follow the pointer)."""
+    named = right = on_object = consistent = 0
     for item in benchmark.items:
         row = rows[item.key]
         match = _CELL.search(row["answer"])
@@ -88,15 +96,16 @@ def pointing_scores(benchmark: GroundingBenchmark, rows: dict[str, dict], grid: 
             continue
         named += 1
         cell = int(match.group(1))
-        width, height = row["image_size"]
-        x1, y1, x2, y2 = item.boxes[0]
-        right += cell == cell_of((x1 / width, y1 / height, x2 / width, y2 / height), grid)
+        size = row["image_size"]
+        right += cell == pixel_cell(item.boxes[0], size, grid)
+        on_object += any(cell == pixel_cell(box, size, grid) for box, _ in item.objects)
         consistent += bool(row["boxes"]) and cell == cell_of(row["boxes"][0], grid)
     items = len(benchmark.items)
     return {
         "items": items,
         "named": named / items,
         "right_cell": right / items,
+        "object_cell": on_object / items if any(item.objects for item in benchmark.items) else None,
         "box_in_named_cell": consistent / named if named else None,
         "chance": 1 / grid**2,
     }

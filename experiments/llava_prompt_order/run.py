@@ -216,6 +216,7 @@ def main() -> None:
     plot_digit_gain(summary["results"], out / "digit_gain.png")
     plot_gain_curves(summary["results"], out / "gain_curves.png")
     plot_objects(summary["results"], out / "objects.png")
+    plot_pointing(summary["results"], out / "pointing.png")
 
 
 def read_summary(path: Path) -> dict:
@@ -370,6 +371,29 @@ def plot_objects(results: dict, path: Path) -> None:
         ax.set_ylim(0, 100)
         ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_pointing(results: dict, path: Path) -> None:
+    """Per pointing variant and scored step: answers naming the referred box's centre cell, pooled by item."""
+    keys = [key for key, result in results.items() if any("pointing" in m for m in last(result)["metrics"].values())]
+    if not keys:
+        return
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for key in keys:
+        steps = sorted(results[key]["val"])
+        pooled = []
+        for step in steps:
+            splits = [m["pointing"] for m in results[key]["val"][step]["metrics"].values()]
+            pooled.append(100 * sum(p["right_cell"] * p["items"] for p in splits) / sum(p["items"] for p in splits))
+        ax.plot(steps, pooled, marker="o", label=key)
+    ax.axhline(100 * splits[0]["chance"], color="grey", linestyle="--", label="chance (one cell of the grid)")
+    ax.set(xlabel="stage-2 step", ylabel="% of val items", title="first token names the referred box's centre cell")
+    ax.set_ylim(0, 100)
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -48,7 +48,10 @@ def test_the_llm_gets_one_token_per_cell_with_distinct_rows_and_keeps_its_own(tm
 
 
 def test_pointing_scores_the_named_cell_against_the_referred_box():
-    items = [GroundingItem(key=k, image_path="", text="t", boxes=((0.0, 0.0, 40.0, 40.0),)) for k in "abc"]
+    objects = (((0.0, 0.0, 40.0, 40.0), "circle"), ((60.0, 60.0, 100.0, 100.0), "square"))  # cells 0 and 3
+    items = [
+        GroundingItem(key=k, image_path="", text="t", boxes=((0.0, 0.0, 40.0, 40.0),), objects=objects) for k in "abc"
+    ]
     bench = GroundingBenchmark(name="s", items=items, protocols=("any",))
     rows = {
         "a": {"answer": "<cell_0> [0, 0, 400, 400]", "boxes": [[0.0, 0.0, 0.4, 0.4]], "image_size": [100, 100]},
@@ -57,4 +60,7 @@ def test_pointing_scores_the_named_cell_against_the_referred_box():
     }
     scores = pointing_scores(bench, rows, grid=2)
     assert scores["named"] == pytest.approx(2 / 3) and scores["right_cell"] == pytest.approx(1 / 3)
+    assert scores["object_cell"] == pytest.approx(2 / 3)  # b names the square's cell: on an object, not the one
     assert scores["box_in_named_cell"] == pytest.approx(1 / 2) and scores["chance"] == 0.25
+    bench.items = [GroundingItem(key="a", image_path="", text="t", boxes=((0.0, 0.0, 40.0, 40.0),))]
+    assert pointing_scores(bench, rows, grid=2)["object_cell"] is None  # no objects listed: unknown, not 0
