@@ -76,9 +76,8 @@ def llm_with_cells(llm: Path, out: Path, grid: int, seed: int = 0) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
-    for extra in ("llm_source.json",):
-        if (llm / extra).is_file():
-            shutil.copy2(llm / extra, tmp / extra)
+    if (llm / "llm_source.json").is_file():  # where the weights came from, for the report
+        shutil.copy2(llm / "llm_source.json", tmp / "llm_source.json")
     tmp.rename(out)
     return out
 
