@@ -367,13 +367,7 @@ def plot_objects(results: dict, path: Path) -> None:
         xlabel="stage-2 step", ylabel="% of val items", title="first answer on some object (IoU >= 0.5)"
     )
     referred_ax.set(xlabel="stage-2 step", ylabel="% of those hits", title="... and on the referred one")
-    for ax in (hit_ax, referred_ax):
-        ax.set_ylim(0, 100)
-        ax.legend(fontsize=7)
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_percent_plot(fig, (hit_ax, referred_ax), path)
 
 
 def plot_pointing(results: dict, path: Path) -> None:
@@ -391,9 +385,15 @@ def plot_pointing(results: dict, path: Path) -> None:
         ax.plot(steps, pooled, marker="o", label=key)
     ax.axhline(100 * splits[0]["chance"], color="grey", linestyle="--", label="chance (one cell of the grid)")
     ax.set(xlabel="stage-2 step", ylabel="% of val items", title="first token names the referred box's centre cell")
-    ax.set_ylim(0, 100)
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
+    save_percent_plot(fig, (ax,), path)
+
+
+def save_percent_plot(fig, axes, path: Path) -> None:
+    """Percent axes (0-100) with legend and grid, then the figure to ``path``."""
+    for ax in axes:
+        ax.set_ylim(0, 100)
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
