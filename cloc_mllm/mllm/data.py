@@ -23,6 +23,7 @@ from transformers import PreTrainedTokenizerBase, ProcessorMixin
 
 from cloc_mllm.box_text import BOX_TEXT_SCALE
 from cloc_mllm.data.images import upright_rgb
+from cloc_mllm.mllm.pointing import check_pointers, tokenizer_grid
 from cloc_mllm.mllm.region_prompts import boxes_to_model_frame, region_boxes_tensor
 from cloc_mllm.mllm.templates import IMAGE_TOKEN, REGION_TOKEN, render_with_answer_spans, to_messages
 
@@ -159,7 +160,8 @@ class LazySupervisedDataset(Dataset):
 
     Each item: ``input_ids`` (L,), ``labels`` (L,), ``pixel_values`` (3, H, W) or None for text-only.
     Bad records (missing image, malformed turns) raise ``RecordError`` naming the record, or are skipped
-    and counted with ``skip_bad_records``. Box text that is not a Ferret box always raises. ``stats``
+    and counted with ``skip_bad_records``. Box text that is not a Ferret box, or a ``<cell_k>`` pointer that
+    does not name the centre cell of its box, always raises. ``stats``
     counts every outcome and names each record not kept, with the reason (``stats.refused``).
     """
 
@@ -177,6 +179,7 @@ class LazySupervisedDataset(Dataset):
         self.num_image_tokens = num_image_tokens
         self.image_token_id = processor.tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
         self.has_region_token = REGION_TOKEN in processor.tokenizer.get_vocab()  # once: a 49k-entry dict
+        self.cell_grid = tokenizer_grid(processor.tokenizer)
         self.stats = DataStats()
         self.records: list[dict] = []
         self.lengths: list[int] = []
@@ -225,12 +228,13 @@ class LazySupervisedDataset(Dataset):
                 self._check_regions(record, conversations)
         except ValueError as err:
             raise RecordError(f"record {name}: {err}") from err
-        if check_boxes:
-            for turn in conversations:
-                try:
+        for turn in conversations:  # wrong box text or pointers teach what the evaluation reads otherwise
+            try:
+                if check_boxes:
                     check_box_text(turn["value"])
-                except ValueError as err:
-                    raise ValueError(f"record {name}: {err}") from err
+                check_pointers(turn["value"], self.cell_grid)
+            except ValueError as err:
+                raise ValueError(f"record {name}: {err}") from err
         return {**record, "id": name, "conversations": conversations}
 
     def _check_regions(self, record: dict, conversations: list[dict]) -> None:

@@ -1,8 +1,9 @@
 """RefCOCO/RefCOCO+/RefCOCOg (refer layout) and Flickr30k Entities -> LLaVA instruction json.
 
 Two kinds of chat turns, boxes in Ferret's 0-999 text (``box_text.format_box``), relative to the
-original image: **grounding** ("Where is the man on the left?" -> "[x1, y1, x2, y2]") and **referring**
-("What is in [x1, y1, x2, y2]?" -> the expression). With ``region_token`` a referring question also
+original image: **grounding** ("Where is the man on the left?" -> "[x1, y1, x2, y2]", or with
+``point_grid`` "<cell_k> [x1, y1, x2, y2]", the tower cell of the box centre first: ``mllm.pointing``) and
+**referring** ("What is in [x1, y1, x2, y2]?" -> the expression). With ``region_token`` a referring question also
 carries a ``<region>`` placeholder after the box and the record lists that box under ``"regions"``
 (Ferret*). A third kind, **phrase**, is the grounded-phrase warm-up for the ``plain`` template: the
 expression alone, answered by the box's numbers, so that the first digit directly follows the object's
@@ -29,6 +30,7 @@ from cloc_mllm.atomic_io import write_text_atomic
 from cloc_mllm.box_text import format_box, format_box_numbers
 from cloc_mllm.data.flickr30k import FlickrPhrase, load_flickr30k_entities
 from cloc_mllm.data.refer import RefRecord, load_refer
+from cloc_mllm.mllm.pointing import pointed_box
 from cloc_mllm.mllm.templates import IMAGE_TOKEN, REGION_TOKEN
 
 GROUNDING_QUESTIONS = ("Where is {}?", "Give the box of {}.", "Locate {} in the image.")
@@ -101,7 +103,9 @@ def flickr_facts(records: Sequence[FlickrPhrase]) -> list[Fact]:
     return facts
 
 
-def _turn(fact: Fact, kind: str, rng: random.Random, region_token: bool) -> tuple[str, str, list[Box]]:
+def _turn(
+    fact: Fact, kind: str, rng: random.Random, region_token: bool, point_grid: int = 0
+) -> tuple[str, str, list[Box]]:
     """(question, answer, boxes referred to by <region> placeholders in the question)."""
     if kind == "phrase":
         # The leading space makes the first word tokenize as it does mid-sentence.
@@ -109,7 +113,8 @@ def _turn(fact: Fact, kind: str, rng: random.Random, region_token: bool) -> tupl
         return " " + mid_sentence(fact.expression), answer, []
     if kind == "grounding":
         question = rng.choice(GROUNDING_QUESTIONS).format(mid_sentence(fact.expression))
-        return question, ", ".join(format_box(b) for b in fact.boxes), []
+        answer = ", ".join(pointed_box(b, point_grid) if point_grid else format_box(b) for b in fact.boxes)
+        return question, answer, []
     box = fact.boxes[0]
     question = rng.choice(REFERRING_QUESTIONS).format(_box_mention(box, region_token))
     return question, fact.expression, [box] if region_token else []
@@ -123,11 +128,14 @@ def facts_to_conversations(
     region_token: bool = False,
     image_root: str | Path | None = None,
     seed: int = 0,
+    point_grid: int = 0,
 ) -> list[dict]:
     """LLaVA records: the facts of each image, shuffled, ``turns_per_record`` per conversation.
 
     Each turn's kind is drawn from ``kinds``. ``image`` is relative to ``image_root`` when given.
     ``phrase`` records are for the ``plain`` template and cannot be mixed with the chat kinds.
+    ``point_grid``: grounding answers point at the cell of each box centre on a tower of that many
+    patches a side (a LLaVA built with ``mm_point_cells``).
     """
     unknown = set(kinds) - set(KINDS)
     if unknown or not kinds:
@@ -147,7 +155,7 @@ def facts_to_conversations(
         for start in range(0, len(image_facts), turns_per_record):
             turns, regions = [], []
             for fact in image_facts[start : start + turns_per_record]:
-                question, answer, referred = _turn(fact, rng.choice(list(kinds)), rng, region_token)
+                question, answer, referred = _turn(fact, rng.choice(list(kinds)), rng, region_token, point_grid)
                 prefix = f"{IMAGE_TOKEN}\n" if not turns else ""
                 turns += [{"from": "human", "value": prefix + question}, {"from": "gpt", "value": answer}]
                 regions += [list(b) for b in referred]
@@ -176,6 +184,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--turns_per_record", type=int, default=3)
     parser.add_argument("--region_token", action="store_true", help="add <region> after referred boxes")
     parser.add_argument("--image_root", default=None, help="write image paths relative to this dir")
+    parser.add_argument(
+        "--point_grid", type=int, default=0, help="grounding answers point first: tower patches per side (0 = no)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
@@ -193,6 +204,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         args.region_token,
         args.image_root,
         args.seed,
+        args.point_grid,
     )
     write_records(records, args.out)
     print(f"{args.out}: {len(records)} conversations, {len(facts)} facts")

@@ -9,6 +9,7 @@ is rebuilt from those arguments and the adapter merged into it.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -57,8 +58,11 @@ def apply_lora(
     quantized: bool = False,
     gradient_checkpointing: bool = False,
     train_region_encoder: bool = False,
+    trainable_token_ids: Sequence[int] = (),
 ) -> PeftModel:
-    """Wrap ``model`` with LoRA on the language model; only adapters, projector (and tower) train."""
+    """Wrap ``model`` with LoRA on the language model; only adapters, projector (and tower) train, and
+    the embedding rows of ``trainable_token_ids`` (added tokens an answer writes, the cells: LoRA on the
+    linear layers cannot move a token's own embedding, and peft ties a tied LM head's rows to them)."""
     if quantized:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
     leaves = "|".join(re.escape(n) for n in language_model_linear_names(model))
@@ -71,9 +75,22 @@ def apply_lora(
         modules_to_save=[PROJECTOR]
         + (["vision_tower"] if train_vision_tower else [])
         + (["region_encoder"] if train_region_encoder else []),
+        trainable_token_indices=_token_rows(model, list(trainable_token_ids)),
         task_type="CAUSAL_LM",
     )
     return get_peft_model(model, config)
+
+
+def _token_rows(model: LlavaForConditionalGeneration, ids: list[int]) -> list[int] | dict[str, list[int]] | None:
+    """peft's ``trainable_token_indices`` for ``ids``: the input embedding's rows (peft keeps a tied LM head
+    tied to them), or an untied LM head's rows as well, so the LLM can also learn to *write* those tokens."""
+    if not ids:
+        return None
+    inputs, outputs = model.get_input_embeddings(), model.get_output_embeddings()
+    if outputs is None or outputs.weight is inputs.weight:
+        return ids
+    leaf = {id(module): name.rsplit(".", 1)[-1] for name, module in model.named_modules()}
+    return {leaf[id(inputs)]: ids, leaf[id(outputs)]: ids}
 
 
 def load_merged(

@@ -31,6 +31,7 @@ from cloc_mllm.mllm.builder import LlavaBuildArgs, build_llava
 from cloc_mllm.mllm.data import LazySupervisedDataset, SupervisedCollator
 from cloc_mllm.mllm.lora import PROJECTOR, apply_lora, quantization_config
 from cloc_mllm.mllm.modeling_cloc_llava import region_features_trainable
+from cloc_mllm.mllm.pointing import cell_token_ids
 from cloc_mllm.mllm.projector import projector_depth
 from cloc_mllm.mllm.sampler import ModalityLengthGroupedSampler
 from cloc_mllm.training.distributed import deepspeed_broadcast_of_scalars, leave_process_group
@@ -71,6 +72,10 @@ class ModelArguments:
     mm_patch_order: str = field(
         default="row",
         metadata={"help": "row (raster) | row_column (then the patches again column-major; cloc_llava)"},
+    )
+    mm_point_cells: bool = field(
+        default=False,
+        metadata={"help": "add a <cell_k> token per tower patch: answers that point before their box (mllm.pointing)"},
     )
     tune_mm_mlp_adapter: bool = field(
         default=False, metadata={"help": "stage 1: train and save the projector only"}
@@ -144,6 +149,7 @@ def build_args_from(model_args: ModelArguments, data_args: DataArguments, traini
         mm_patch_position_scale=model_args.mm_patch_position_scale,
         mm_patch_position_init=model_args.mm_patch_position_init,
         mm_patch_order=model_args.mm_patch_order,
+        mm_point_cells=model_args.mm_point_cells,
     )
 
 
@@ -335,6 +341,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, training_args: T
             quantized=quant is not None,
             gradient_checkpointing=training_args.gradient_checkpointing,
             train_region_encoder=model_args.region_prompts,
+            trainable_token_ids=cell_token_ids(processor.tokenizer),
         )
         freeze_fixed_parts(model, model_args)
 

@@ -285,6 +285,12 @@ def write_report(
         + [metric_at(metrics["llava_cloc"], "grounding", s, "reference", "random_object_acc@0.5")]
         for s in splits if metric_at(metrics["llava_cloc"], "grounding", s, "objects", "hit") is not None
     ]  # fmt: skip
+    pointing_rows = [
+        [s] + [metric_at(metrics[name], "grounding", s, "pointing", key) for name in ("llava_clip", "llava_cloc")
+               for key in ("right_cell", "object_cell")]
+        + [metric_at(metrics["llava_cloc"], "grounding", s, "pointing", "chance")]
+        for s in splits if metric_at(metrics["llava_cloc"], "grounding", s, "pointing", "right_cell") is not None
+    ]  # fmt: skip
     gain_rows = [
         [LABELS[name]] + [_nats(metrics[name]["image_digit_gain"]["gain"].get(f"{c} hundreds")) for c in COORDINATES]
         for name in LABELS if "image_digit_gain" in metrics.get(name, {})
@@ -345,6 +351,15 @@ def write_report(
                                     for key in ("on object", "referred")] + ["random object"], object_rows)
         if object_rows else "(not evaluated)",
         "",
+        *([
+            "Where the answer points (`point_cells`: each box is led by `<cell_k>`, the tower patch of its centre): the "
+            "share of answers whose pointer names the referred box's cell (`right cell`; chance: one cell of the grid) "
+            "and the cell of some annotated object (`object cell`).",
+            "",
+            markdown_table(["split"] + [f"{label} {key}" for label in ("LLaVA-CLIP", "LLaVA-CLOC")
+                                        for key in ("right cell", "object cell")] + ["chance"], pointing_rows),
+            "",
+        ] if pointing_rows else []),
         "What each LLaVA reads from the image (cloc_mllm.eval.digit_gain): the test items' true boxes scored "
         "as answers with each item's own image and with another item's; the gain in nats on the hundreds digit "
         "of each coordinate (a tenth of the image). 0 = the answer does not depend on the image; locating the "

@@ -165,16 +165,20 @@ def instruction_data(
 ) -> None:
     """Conversations of ``kinds`` (grounding / referring chat turns) from RefCOCO/RefCOCO+/RefCOCOg
     train (refer layout); with ``region_token`` the same turns with a ``<region>`` after each referred
-    box (Ferret*)."""
+    box (Ferret*); with ``config.point_cells`` grounding answers that point at a cell of the preset's
+    tower first."""
+    from cloc_mllm.configuration_cloc import CLOCConfig
     from cloc_mllm.data.refer import load_refer
     from cloc_mllm.mllm.instruct_builders import facts_to_conversations, refer_facts, write_records
+    from cloc_mllm.mllm.pointing import tower_grid
 
+    grid = tower_grid(CLOCConfig.from_preset(config.preset).vision_config) if config.point_cells else 0
     records = []
     for dataset, split_by in (("refcoco", "unc"), ("refcoco+", "unc"), ("refcocog", "umd")):
         refs = load_refer(world_dir / "refer", dataset=dataset, split_by=split_by, split="train")
         records += facts_to_conversations(
             refer_facts(refs), dataset, kinds=kinds, image_root=world_dir / "refer", seed=config.seed,
-            region_token=region_token,
+            region_token=region_token, point_grid=grid,
         )
     write_records(records, out_path)
 
@@ -224,6 +228,8 @@ def finetune(
                  "--mm_patch_position_init", config.patch_position_init]  # fmt: skip
     if config.patch_order != "row":
         args += ["--mm_patch_order", config.patch_order]
+    if config.point_cells:
+        args += ["--mm_point_cells", "True"]
     if projector_only:
         args += ["--tune_mm_mlp_adapter", "True"]
     elif config.lora_r:

@@ -1,4 +1,5 @@
-"""Re-score the pointing of finished ``--point_cell`` variants with today's ``pointing_scores``.
+"""Re-score the pointing of finished ``--point_cell`` variants with today's evaluation
+(``cloc_mllm.eval.mllm_grounding.pointing_scores``).
 
 Generation is greedy, so the answers are those of the first scoring (the check below says so when
 the older scores are kept); only the pointing figures are recomputed and written back.
@@ -15,7 +16,6 @@ from cloc_mllm.eval.mllm_grounding import evaluate_mllm_grounding
 from cloc_mllm.mllm.inference import load_mllm
 from cloc_mllm.mllm.instruct_builders import GROUNDING_QUESTIONS
 from cloc_mllm.mllm.templates import IMAGE_TOKEN
-from experiments.llava_prompt_order.pointing import pointing_scores
 from experiments.llava_prompt_order.run import read_summary
 
 
@@ -38,10 +38,9 @@ def main() -> None:
         for step, scores in sorted(result["val"].items()):
             path = llava if step == options["finetune_steps"] else llava / f"checkpoint-{step}"
             model, processor = load_mllm(path)
-            grid = model.config.vision_config.image_size // model.config.vision_config.patch_size
-            _, rows = evaluate_mllm_grounding(model, processor, benchmarks, prompt=template)
+            metrics, _ = evaluate_mllm_grounding(model, processor, benchmarks, prompt=template)
             for bench in benchmarks:
-                new = pointing_scores(bench, rows[bench.name], grid)
+                new = metrics[bench.name]["pointing"]
                 old = scores["metrics"][bench.name]["pointing"]
                 if (old["named"], old["right_cell"]) != (new["named"], new["right_cell"]):
                     raise SystemExit(f"{key} step {step} {bench.name}: answers differ from the first scoring")

@@ -24,6 +24,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from transformers import CLIPVisionConfig  # noqa: E402
 
 from cloc_mllm.data.refer import load_refer  # noqa: E402
 from cloc_mllm.eval.benchmarks import load_grounding_benchmarks  # noqa: E402
@@ -36,14 +37,10 @@ from cloc_mllm.mllm.instruct_builders import (  # noqa: E402
     refer_facts,
     write_records,
 )
+from cloc_mllm.mllm.pointing import tower_grid  # noqa: E402
 from cloc_mllm.mllm.templates import IMAGE_TOKEN  # noqa: E402
 from cloc_mllm.pipeline import stages  # noqa: E402
 from cloc_mllm.pipeline.config import config_for_profile  # noqa: E402
-from experiments.llava_prompt_order.pointing import (  # noqa: E402
-    llm_with_cells,
-    point_answers,
-    pointing_scores,
-)
 
 ORDERS = ("question_first", "image_first")
 
@@ -70,25 +67,25 @@ def prefix_answers(records: list[dict], prefix: str) -> list[dict]:
 
 def grounding_data(
     world: Path, order: str, seed: int, out_path: Path, split: str = "train", answer_prefix: str = "",
-    point_grid: int = 0,
+    point_grid: int = 0, kinds: tuple[str, ...] = ("grounding",), turns_per_record: int = 1,
 ) -> int:
-    """Single-turn grounding records of RefCOCO/+/g ``split`` in ``order`` (answers pointing at a cell of
-    ``point_grid`` first when given); returns their number."""
+    """Records of RefCOCO/+/g ``split`` in ``order`` (answers pointing at a cell of ``point_grid`` first
+    when given); single-turn grounding by default, so every question can precede its image; returns
+    their number."""
     records = []
     for dataset, split_by in (("refcoco", "unc"), ("refcoco+", "unc"), ("refcocog", "umd")):
         refs = load_refer(world / "refer", dataset=dataset, split_by=split_by, split=split)
         records += facts_to_conversations(
             refer_facts(refs),
             dataset,
-            kinds=["grounding"],
-            turns_per_record=1,
+            kinds=list(kinds),
+            turns_per_record=turns_per_record,
             image_root=world / "refer",
             seed=seed,
+            point_grid=point_grid,
         )
     if order == "question_first":
         records = move_image_after_question(records)
-    if point_grid:
-        records = point_answers(records, point_grid)
     write_records(prefix_answers(records, answer_prefix), out_path)
     return len(records)
 
@@ -135,7 +132,13 @@ def main() -> None:
     parser.add_argument(
         "--point_cell",
         action="store_true",
-        help="answers start with the tower cell holding the box centre, <cell_k> (pointing.py)",
+        help="answers start with the tower cell holding the box centre, <cell_k> (cloc_mllm.mllm.pointing)",
+    )
+    parser.add_argument(
+        "--kinds", default="grounding", help="turn kinds of the records (grounding,referring: the main job's)"
+    )
+    parser.add_argument(
+        "--turns_per_record", type=int, default=1, help="turns per record (3: the main job's; needs image_first)"
     )
     args = parser.parse_args()
 
@@ -145,16 +148,15 @@ def main() -> None:
         args.profile, out_dir=str(run), align_steps=args.align_steps, finetune_steps=args.finetune_steps,
         vision_select_layer=args.vision_select_layer, patch_position=args.patch_position,
         patch_position_scale=args.patch_position_scale, patch_position_init=args.patch_position_init,
-        patch_order=args.patch_order,
+        patch_order=args.patch_order, point_cells=args.point_cell,
         **{name: getattr(args, name) for name in ("align_lr", "finetune_lr") if getattr(args, name) is not None},
     )  # fmt: skip
     world, llm = run / "world", run / "finetune" / "llm"
-    grid = 0
-    if args.point_cell:
-        first_tower = stages.exported_tower(run / "pretrain" / args.towers.split(",")[0])
-        tower_config = json.loads((first_tower / "config.json").read_text())
-        grid = tower_config["image_size"] // tower_config["patch_size"]
-        llm = llm_with_cells(llm, out / "llm_cells", grid)
+    first_tower = stages.exported_tower(run / "pretrain" / args.towers.split(",")[0])
+    grid = tower_grid(CLIPVisionConfig.from_pretrained(first_tower)) if args.point_cell else 0
+    kinds = tuple(args.kinds.split(","))
+    if args.turns_per_record > 1 and "question_first" in args.orders:
+        raise SystemExit("--turns_per_record > 1 puts later questions after the image: use --orders image_first")
     names = [n for n in args.benchmarks.split(",") if n]
     benchmarks, unavailable = load_grounding_benchmarks(world / "refer", None, names, limit=args.eval_limit)
     if unavailable:
@@ -163,19 +165,17 @@ def main() -> None:
     summary = read_summary(summary_path) if summary_path.exists() else {"args": vars(args), "results": {}}
     for order in args.orders.split(","):
         name = order + ("_prefixed" if args.answer_prefix else "") + ("_cells" if grid else "")
+        if kinds != ("grounding",) or args.turns_per_record != 1:
+            name += f"_{'_'.join(kinds)}_{args.turns_per_record}turns"
         data, val_data = out / f"train_{name}.json", out / f"val_{name}.json"
+        records = functools.partial(
+            grounding_data, world, order, config.seed, answer_prefix=args.answer_prefix, point_grid=grid, kinds=kinds,
+            turns_per_record=args.turns_per_record,
+        )  # fmt: skip
         if not val_data.exists():
-            grounding_data(
-                world, order, config.seed, val_data, split="val", answer_prefix=args.answer_prefix, point_grid=grid
-            )
+            records(val_data, split="val")
         if not data.exists():
-            print(
-                order,
-                grounding_data(
-                    world, order, config.seed, data, answer_prefix=args.answer_prefix, point_grid=grid
-                ),
-                "records",
-            )
+            print(order, records(data), "records")
         for tower in args.towers.split(","):
             key = f"{tower}/{order}" + (f"/{args.tag}" if args.tag else "")
             if key in summary["results"]:
@@ -204,7 +204,7 @@ def main() -> None:
             log = json.loads((llava / "train_summary.json").read_text())["log_history"]
             summary["results"][key] = {
                 "val": {
-                    step: score(*load_mllm(path), benchmarks, template, val_data, world / "refer", grid)
+                    step: score(*load_mllm(path), benchmarks, template, val_data, world / "refer")
                     for step, path in sorted(checkpoints.items())
                 },
                 "loss": [(h["step"], h["loss"]) for h in log if "loss" in h],
@@ -227,17 +227,10 @@ def read_summary(path: Path) -> dict:
     return summary
 
 
-def score(
-    model, processor, benchmarks, template: str, val_data: Path, image_folder: Path, point_grid: int = 0
-) -> dict:
-    """Val grounding of one LLaVA (metrics per split, its first answers), its per-digit image gain and,
-    for answers that point first, how often they name the right cell."""
+def score(model, processor, benchmarks, template: str, val_data: Path, image_folder: Path) -> dict:
+    """Val grounding of one LLaVA (metrics per split, its first answers) and its per-digit image gain;
+    for answers that point first, the evaluation scores the pointers too."""
     metrics, rows = evaluate_mllm_grounding(model, processor, benchmarks, prompt=template)
-    pointing = (
-        {bench.name: pointing_scores(bench, rows[bench.name], point_grid) for bench in benchmarks}
-        if point_grid
-        else {}
-    )
     return {
         "metrics": {
             split: {
@@ -246,7 +239,7 @@ def score(
                 "centre": m["localisation"],
                 "objects": m.get("objects"),  # the first answer on some object, and on the referred one
                 "reference": m["reference"],
-                **({"pointing": pointing[split]} if split in pointing else {}),
+                **({"pointing": m["pointing"]} if "pointing" in m else {}),
             }
             for split, m in metrics.items()
         },

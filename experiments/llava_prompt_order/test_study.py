@@ -76,3 +76,23 @@ def test_pooled_objects_weighs_splits_by_items_and_hits():
     hit, referred, random_object = pooled_objects({"a": split(100, 0.1, 0.9, 0.2), "b": split(300, 0.1, 0.1, 0.4)})
     assert hit == pytest.approx(0.1) and referred == pytest.approx(12 / 40) and random_object == pytest.approx(0.35)
     assert pooled_objects({"a": split(50, 0.0, None, 0.3)})[1] is None  # no hit: no referred share
+
+
+def test_grounding_data_points_first_and_can_take_the_main_jobs_turns(tmp_path):
+    from cloc_mllm.mllm.pointing import check_pointers
+    from experiments.llava_prompt_order.run import grounding_data
+    from tests.eval_helpers import make_world
+
+    world = make_world(tmp_path / "world")
+    single = grounding_data(world, "question_first", 0, tmp_path / "single.json", point_grid=8)
+    records = json.loads((tmp_path / "single.json").read_text())
+    assert single == len(records) and all(len(r["conversations"]) == 2 for r in records)
+    for record in records:
+        question, answer = (t["value"] for t in record["conversations"])
+        assert question.endswith("\n<image>") and answer.startswith("<cell_")
+        check_pointers(answer, 8)
+    grouped = grounding_data(world, "image_first", 0, tmp_path / "main.json", point_grid=8,
+                             kinds=("grounding", "referring"), turns_per_record=3)  # fmt: skip
+    turns = [t["value"] for r in json.loads((tmp_path / "main.json").read_text()) for t in r["conversations"]]
+    assert grouped < single and len(turns) == 2 * single  # the same facts, three to a record
+    assert any(t.startswith("<cell_") for t in turns[1::2]) and not all(t.startswith("<cell_") for t in turns[1::2])
