@@ -65,12 +65,12 @@ def test_check_pointers_refuses_what_would_teach_wrong_pointing():
 def test_point_records_points_every_answer_box_once():
     records = [{"id": "a", "conversations": [
         {"from": "human", "value": "<image>\nWhat is in [0, 0, 999, 999]?"}, {"from": "gpt", "value": "a dog"},
-        {"from": "human", "value": "Where are the cats?"}, {"from": "gpt", "value": "[0, 0, 100, 100], [900, 900, 999, 999]"},
+        {"from": "human", "value": "Where are the cats?"}, {"from": "gpt", "value": "[0, 0, 100, 100] -> [900, 900, 999, 999]"},
     ]}]  # fmt: skip
     pointed = point_records(json.loads(json.dumps(records)), 4)
     turns = [t["value"] for t in pointed[0]["conversations"]]
     assert turns[0] == records[0]["conversations"][0]["value"]  # a box the user gives is not pointed at
-    assert turns[3] == "<cell_0> [0, 0, 100, 100], <cell_15> [900, 900, 999, 999]"
+    assert turns[3] == "<cell_0> [0, 0, 100, 100] -> <cell_15> [900, 900, 999, 999]"
     assert point_records(json.loads(json.dumps(pointed)), 4) == pointed  # pointing twice changes nothing
 
 

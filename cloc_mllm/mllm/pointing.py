@@ -27,8 +27,8 @@ from cloc_mllm.box_text import BOX_TEXT_SCALE, format_box
 CELL_PATTERN = re.compile(r"<cell_(\d+)>")
 # A pointer and the bracket it introduces, as training answers write them.
 _POINTED_BOX = re.compile(r"<cell_(\d+)>\s*\[([^\]]*)\]")
-# A Ferret box that no pointer leads yet.
-_UNPOINTED_BOX = re.compile(r"(?<!> )\[\d+, \d+, \d+, \d+\]")
+# A Ferret box, and the pointer that may already lead it.
+_FERRET_BOX = re.compile(r"(<cell_\d+> )?(\[\d+, \d+, \d+, \d+\])")
 
 Box = tuple[float, float, float, float]
 
@@ -75,7 +75,7 @@ def point_records(records: list[dict], grid: int) -> list[dict]:
     for record in records:
         for turn in record["conversations"]:
             if turn["from"] == "gpt":
-                turn["value"] = _UNPOINTED_BOX.sub(lambda m: pointed(m.group(0), grid), turn["value"])
+                turn["value"] = _FERRET_BOX.sub(lambda m: m.group(0) if m.group(1) else pointed(m.group(2), grid), turn["value"])
     return records
 
 
