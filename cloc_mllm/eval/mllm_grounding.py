@@ -90,10 +90,11 @@ def evaluate_mllm_grounding(
 
 
 def pointing_scores(benchmark: GroundingBenchmark, rows: dict[str, dict], grid: int) -> dict:
-    """Of one split's scored answers, the share that point (``named``), whose first pointer names the centre
-    cell of a referred box (``right_cell``; ``chance`` = 1 / grid² for one box), names the centre cell of some annotated object
-    (``object_cell``: landing, whatever the words; None when the split lists no objects), and, of those
-    that name one, whose first box has its centre in the named cell (``box_in_named_cell``)."""
+    """Of one split's scored answers, the share that point (``named``); whose first pointer names the
+    centre cell of a referred box (``right_cell``; ``chance`` = 1 / grid² for one box), or that of some
+    annotated object (``object_cell``: landing, whatever the words; None when the split lists no objects);
+    and, of the answers that point, those whose first box has its centre in the named cell
+    (``box_in_named_cell``: the digits follow the pointer)."""
     scored = [item for item in benchmark.items if rows[item.key].get("status") != "missing_image"]
     named = right = on_object = consistent = 0
     for item in scored:
