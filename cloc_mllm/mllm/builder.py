@@ -32,7 +32,7 @@ from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
 
 from cloc_mllm.atomic_io import write_text_atomic
 from cloc_mllm.mllm.llm_source import load_language_model, load_tokenizer
-from cloc_mllm.mllm.pointing import cell_tokens, tower_grid
+from cloc_mllm.mllm.pointing import cell_token_ids, cell_tokens, tower_grid
 from cloc_mllm.mllm.projector import (
     PATCH_POSITION_INITS,
     MLPProjector,
@@ -299,8 +299,7 @@ def assemble_llava(
     tokenizer = prepare_tokenizer(
         tokenizer, args.conversation_template, args.model_max_length, args.region_prompts, grid
     )
-    cells = tokenizer.convert_tokens_to_ids(cell_tokens(grid)) if grid else []
-    resize_embeddings_deterministically(llm, len(tokenizer), distinct_ids=cells)
+    resize_embeddings_deterministically(llm, len(tokenizer), distinct_ids=cell_token_ids(tokenizer))
     config = llava_config(
         args, tower.config, llm.config, tokenizer, cloc.config if cloc is not None else None
     )

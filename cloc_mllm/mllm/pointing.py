@@ -110,9 +110,10 @@ def check_pointers(text: str, grid: int) -> None:
         return
     if not grid:
         raise ValueError("answers point at cells (<cell_k>), but the model was built without cell tokens (mm_point_cells)")
-    if len(_POINTED_BOX.findall(text)) != len(pointers):
+    pointed_boxes = _POINTED_BOX.findall(text)
+    if len(pointed_boxes) != len(pointers):
         raise ValueError(f"each <cell_k> must lead a box [x1, y1, x2, y2]: {text!r}")
-    for cell, numbers in _POINTED_BOX.findall(text):
+    for cell, numbers in pointed_boxes:
         centre_cell = cell_of(written_box(numbers), grid)
         if int(cell) != centre_cell:
             raise ValueError(f"<cell_{cell}> leads [{numbers}], whose centre is in cell {centre_cell} of the {grid} x {grid} grid")
