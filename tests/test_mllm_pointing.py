@@ -114,6 +114,49 @@ def test_built_llava_holds_one_distinct_cell_token_per_patch_and_rebuilds_exactl
     assert tokenizer_grid(plain_processor.tokenizer) == 0 and cell_token_ids(plain_processor.tokenizer) == []
 
 
+def test_patch_pointer_starts_as_the_vocabulary_pointer_then_scores_cells_by_their_own_patch(parts):
+    """Zero-initialised, a patch pointer is the plain cell model; with a query, a cell's logit moves by
+    exactly the match of the answer state with that cell's patch token of the sequence's *own* image,
+    nothing else moves, and cached greedy decoding agrees with a full forward of the decoded text."""
+    from PIL import Image
+
+    model, processor = build_llava(LlavaBuildArgs(parts["tower"], parts["llm"], mm_point_cells=True, mm_point_to_patches=True))
+    assert model.config.model_type == "cloc_llava" and model.config.cell_token_ids == cell_token_ids(processor.tokenizer)
+    images = [Image.new("RGB", (32, 32), "red"), Image.new("RGB", (32, 32), "blue")]
+    processor.tokenizer.padding_side = "left"
+    batch = processor(images=images, text=["<image>where is the red circle", "<image>a blue square <cell_7>"],
+                      return_tensors="pt", padding=True, add_special_tokens=False)  # fmt: skip
+    pointer = model.model.multi_modal_projector
+    model.eval()
+    with torch.no_grad():
+        start = model(**batch).logits  # (B, L, V)
+        model.config.patch_pointer = False  # the same weights read as the vocabulary pointer
+        vocabulary = model(**batch).logits
+        model.config.patch_pointer = True
+        assert torch.equal(start, vocabulary)
+        pointer.query.weight.normal_(0, 0.2)
+        scored = model(**batch).logits
+    cells = cell_token_ids(processor.tokenizer)
+    others = [i for i in range(scored.shape[-1]) if i not in cells]
+    assert torch.equal(scored[..., others], start[..., others])
+    with torch.no_grad():
+        hidden = model.model(**batch).last_hidden_state  # (B, L, H)
+        patches = torch.stack(list(model.model.get_image_features(pixel_values=batch["pixel_values"]).pooler_output))
+    expected = start[..., cells] + pointer.scores(hidden, patches[:, None].expand(-1, hidden.shape[1], -1, -1))
+    assert torch.allclose(scored[..., cells], expected, atol=1e-4)
+    with torch.no_grad():
+        pointer.carry.fill_(0.5)  # a written cell now carries its patch token into what follows
+        carried = model(**batch).logits
+        assert not torch.allclose(carried[1, -1, others], scored[1, -1, others])
+        assert torch.equal(carried[0, :, others], scored[0, :, others])  # the first text writes no cell
+        output = model.generate(**batch, max_new_tokens=6, do_sample=False)
+        again = model(input_ids=output, attention_mask=torch.ones_like(output), pixel_values=batch["pixel_values"]).logits
+    prompt = batch["input_ids"].shape[1]
+    assert torch.equal(again[:, prompt - 1 : -1].argmax(-1), output[:, prompt:])
+    with pytest.raises(ValueError, match="needs mm_point_cells=True"):
+        build_llava(LlavaBuildArgs(parts["tower"], parts["llm"], mm_point_to_patches=True))
+
+
 def test_training_data_refuses_pointers_the_model_cannot_write_or_that_point_wrong(parts, tmp_path):
     from PIL import Image
 

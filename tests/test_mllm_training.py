@@ -286,6 +286,26 @@ def test_lora_trains_the_cell_rows_of_pointing_answers_and_nothing_else_of_the_t
         assert torch.equal(trained[others], built[others]), table
 
 
+def test_patch_pointer_trains_in_both_stages_and_answers_from_the_saved_lora(world, tmp_path):
+    """The pointer's query and carry live in the projector: stage 1 trains and saves them, stage 2 (LoRA)
+    goes on from them, and the merged model answers from a reload."""
+    data = tmp_path / "pointing.json"
+    data.write_text(json.dumps(point_records(json.loads(Path(world["data"]).read_text()), grid=4)))
+    stage1, stage2 = tmp_path / "stage1", tmp_path / "stage2"
+    pointing = ("--data_path", str(data), "--mm_point_cells", "True", "--mm_point_to_patches", "True")
+    _train(world, stage1, *pointing, "--tune_mm_mlp_adapter", "True", "--max_steps", "3")
+    weights = load_file(stage1 / PROJECTOR_FILE)
+    assert weights["multi_modal_projector.query.weight"].abs().sum() > 0  # zero at the start
+    _train(world, stage2, *pointing, "--pretrain_mm_mlp_adapter", str(stage1), "--lora_enable", "True",
+           "--lora_r", "4", "--lora_alpha", "8", "--max_steps", "2")  # fmt: skip
+    model, processor = load_mllm(stage2, device="cpu")
+    assert model.config.patch_pointer
+    moved = model.model.multi_modal_projector.query.weight - weights["multi_modal_projector.query.weight"]
+    assert 0 < moved.abs().max() < 0.1  # stage 2 went on from stage 1's query
+    image = [__import__("PIL.Image").Image.new("RGB", (32, 32), "red")]
+    assert generate_answers(model, processor, image, ["Where is the red circle?"], max_new_tokens=4)
+
+
 def test_qlora_4bit_trains_on_cpu(world, tmp_path):
     out = tmp_path / "qlora"
     _train(world, out, "--lora_enable", "True", "--bits", "4", "--lora_r", "4", "--max_steps", "3")

@@ -89,6 +89,10 @@ class LlavaBuildArgs:
         default=False,
         metadata={"help": "add one <cell_k> token per tower patch, for answers that point first (mllm.pointing)"},
     )
+    mm_point_to_patches: bool = field(
+        default=False,
+        metadata={"help": "the cells also match and carry the image's own patch tokens (PatchPointer; cloc_llava)"},
+    )
 
     def save(self, out_dir: str | Path) -> None:
         write_text_atomic(Path(out_dir) / BUILD_ARGS_FILE, json.dumps(dataclasses.asdict(self), indent=2))
@@ -223,7 +227,9 @@ def llava_config(
         projector_hidden_act=llava_projector_act(args.mm_projector_type),
         tie_word_embeddings=text_config.tie_word_embeddings,
     )
-    plain = not (args.region_prompts or args.mm_patch_position or args.mm_patch_order != "row")
+    if args.mm_point_to_patches:
+        check_patch_pointing(args, tokenizer)
+    plain = not (args.region_prompts or args.mm_patch_position or args.mm_patch_order != "row" or args.mm_point_to_patches)
     if is_plain_llava_projector(args.mm_projector_type) and plain:
         return LlavaConfig(**common)
     from cloc_mllm.mllm.modeling_cloc_llava import ClocLlavaConfig
@@ -233,6 +239,8 @@ def llava_config(
         patch_position=args.mm_patch_position,
         patch_position_scale=args.mm_patch_position_scale,
         patch_order=args.mm_patch_order,
+        patch_pointer=args.mm_point_to_patches,
+        cell_token_ids=cell_token_ids(tokenizer) if args.mm_point_to_patches else None,
     )
     if not args.region_prompts:
         return ClocLlavaConfig(**common)
@@ -243,6 +251,22 @@ def llava_config(
         region_token_id=tokenizer.convert_tokens_to_ids(REGION_TOKEN),
         **common,
     )
+
+
+def check_patch_pointing(args: LlavaBuildArgs, tokenizer: PreTrainedTokenizerBase) -> None:
+    """Patch pointing needs cells, one image token per patch in raster order, and no region prompts."""
+    needs = {
+        "mm_point_cells=True": args.mm_point_cells,
+        "mm_vision_select_feature='patch'": args.mm_vision_select_feature == "patch",
+        "mm_patch_order='row'": args.mm_patch_order == "row",
+        "region_prompts=False": not args.region_prompts,
+    }
+    missing = [name for name, ok in needs.items() if not ok]
+    if missing:
+        raise ValueError(f"mm_point_to_patches points each cell at its patch token; it needs {', '.join(missing)}")
+    ids = cell_token_ids(tokenizer)
+    if ids != sorted(ids):
+        raise ValueError("the cell tokens' ids must rise in raster order for patch pointing")
 
 
 def model_class_for(config: LlavaConfig) -> type[LlavaForConditionalGeneration]:

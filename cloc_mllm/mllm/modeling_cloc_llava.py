@@ -1,9 +1,9 @@
 """``cloc_llava``: transformers' Llava plus what plain Llava cannot hold.
 
 Used only when needed -- a projector deeper than two layers (``mlp3x_gelu``...), patch-position
-embeddings (``PatchPositionProjector``), a column-major copy of the patch tokens (``ColumnMajorCopy``) or
-region prompts (Ferret*, see ``region_prompts.py``); everything
-else is saved as a plain ``llava`` checkpoint. Importing
+embeddings (``PatchPositionProjector``), a column-major copy of the patch tokens (``ColumnMajorCopy``),
+cells that point at the image's patch tokens (``PatchPointer``) or region prompts (Ferret*, see
+``region_prompts.py``); everything else is saved as a plain ``llava`` checkpoint. Importing
 this module registers the type with ``AutoConfig`` and ``AutoModelForImageTextToText``.
 """
 
@@ -18,10 +18,13 @@ from transformers import (
     LlavaConfig,
     LlavaForConditionalGeneration,
 )
+from transformers.modeling_utils import slice_logits_to_keep
+from transformers.models.llava.modeling_llava import LlavaCausalLMOutputWithPast
 
 from cloc_mllm.mllm.projector import (
     ColumnMajorCopy,
     MLPProjector,
+    PatchPointer,
     PatchPositionProjector,
     checked_patch_order,
     is_plain_llava_projector,
@@ -41,6 +44,8 @@ class ClocLlavaConfig(LlavaConfig):
     column-major; ``image_seq_length`` counts both).
     ``prompter_config`` is the CLOC ``PrompterConfig`` as a dict, ``region_embed_dim`` the CLOC
     projection dim the Prompter outputs, ``region_token_id`` the id of ``<region>``.
+    ``patch_pointer``: the cells ``cell_token_ids`` (raster order, one per patch) also point at the
+    record's own patch tokens (``PatchPointer``).
     """
 
     model_type = "cloc_llava"
@@ -53,6 +58,8 @@ class ClocLlavaConfig(LlavaConfig):
     prompter_config: dict | None = None
     region_embed_dim: int = 0
     region_token_id: int = -1
+    patch_pointer: bool = False
+    cell_token_ids: list[int] | None = None
 
 
 class ClocLlavaForConditionalGeneration(LlavaForConditionalGeneration):
@@ -60,6 +67,9 @@ class ClocLlavaForConditionalGeneration(LlavaForConditionalGeneration):
 
     ``forward(..., region_boxes)``: region_boxes (I, K, 4) normalised xyxy in the model frame, one row per
     image in ``pixel_values``, padded with ``NO_BOX``; its valid rows fill the ``<region>`` tokens in order.
+    ``forward(..., patch_tokens)`` (patch pointers): each sequence's projected patch tokens (B, N, H),
+    zeros for a sequence without an image; computed from ``pixel_values`` when not given, and handed to
+    every decoding step by ``generate``, which sees the image only once.
     """
 
     config_class = ClocLlavaConfig
@@ -93,8 +103,11 @@ class ClocLlavaForConditionalGeneration(LlavaForConditionalGeneration):
         pixel_values: Tensor | None = None,
         inputs_embeds: Tensor | None = None,
         region_boxes: Tensor | None = None,
+        patch_tokens: Tensor | None = None,
         **kwargs,
     ):
+        if self.config.patch_pointer:
+            return self._forward_pointing(input_ids, pixel_values, inputs_embeds, patch_tokens, **kwargs)
         if region_boxes is None and self._region_encoder_trains(pixel_values, input_ids):
             # a batch without <region> still runs the region encoder (on a padded row, so with zero
             # gradient): every rank's backward must reach the same parameters, or DeepSpeed's (and
@@ -107,6 +120,79 @@ class ClocLlavaForConditionalGeneration(LlavaForConditionalGeneration):
         return super().forward(
             input_ids=input_ids, pixel_values=pixel_values, inputs_embeds=inputs_embeds, **kwargs
         )
+
+    def generate(self, input_ids: Tensor | None = None, pixel_values: Tensor | None = None, **kwargs):
+        if self.config.patch_pointer and pixel_values is not None:
+            # every decoding step scores the cells against the image: its patch tokens stay in the kwargs
+            kwargs["patch_tokens"] = self.patch_tokens_per_sequence(input_ids, self.projected_images(pixel_values))
+            pixel_values = None
+        return super().generate(input_ids=input_ids, pixel_values=pixel_values, **kwargs)
+
+    def projected_images(self, pixel_values: Tensor) -> Tensor:
+        """Image tokens (I, N, H) of ``pixel_values`` (I, 3, S, S), as plain Llava makes them."""
+        features = self.model.get_image_features(pixel_values=pixel_values, return_dict=True).pooler_output
+        return torch.stack(list(features))
+
+    def patch_tokens_per_sequence(self, input_ids: Tensor, images: Tensor) -> Tensor:
+        """(B, N, H): the image tokens of each sequence's image (the I images belong, in order, to the
+        sequences holding ``<image>``), zeros for a sequence without one."""
+        has_image = (input_ids == self.config.image_token_id).any(-1)  # (B,)
+        if int(has_image.sum()) != images.shape[0]:
+            raise ValueError(f"{int(has_image.sum())} sequences hold <image> but {images.shape[0]} images were given")
+        table = images.new_zeros(input_ids.shape[0], *images.shape[1:])
+        table[has_image] = images
+        return table
+
+    def _forward_pointing(
+        self,
+        input_ids: Tensor | None,
+        pixel_values: Tensor | None,
+        inputs_embeds: Tensor | None,
+        patch_tokens: Tensor | None,
+        mm_encoder_outputs: dict | None = None,
+        logits_to_keep: int | Tensor = 0,
+        labels: Tensor | None = None,
+        **kwargs,
+    ) -> LlavaCausalLMOutputWithPast:
+        """Llava's forward with cells that carry, and are scored against, their image's patch tokens."""
+        if input_ids is None or inputs_embeds is not None:
+            raise ValueError("a patch-pointing model reads input_ids: its cells and images are found there")
+        if patch_tokens is None and (pixel_values is not None or mm_encoder_outputs):
+            images = (
+                torch.stack(list(mm_encoder_outputs["image"].pooler_output))
+                if mm_encoder_outputs
+                else self.projected_images(pixel_values)
+            )  # (I, N, H)
+            patch_tokens = self.patch_tokens_per_sequence(input_ids, images)
+        pointer = self.model.multi_modal_projector
+        cell_ids = torch.tensor(self.config.cell_token_ids, device=input_ids.device)
+        embeds = self.get_input_embeddings()(input_ids)  # (B, L, H)
+        cell = torch.searchsorted(cell_ids, input_ids).clamp(max=len(cell_ids) - 1)  # (B, L)
+        is_cell = cell_ids[cell] == input_ids
+        if patch_tokens is None:
+            if is_cell.any() or (input_ids == self.config.image_token_id).any():
+                raise ValueError("cells and <image> need the image: give pixel_values or patch_tokens")
+        else:
+            patch_tokens = patch_tokens.to(embeds.dtype)
+            image_mask = input_ids == self.config.image_token_id
+            if image_mask.any():  # the prefill; later decoding steps hold no image tokens
+                embeds = _fill(embeds, image_mask, patch_tokens[image_mask.any(-1)].flatten(0, 1), "image")
+            pointed = patch_tokens.gather(1, cell[..., None].expand(-1, -1, embeds.shape[-1]))  # (B, L, H)
+            embeds = embeds + is_cell[..., None] * pointer.carried(pointed)
+        outputs = self.model(inputs_embeds=embeds, **kwargs)
+        hidden = slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep)  # (B, n, H) or (K, H)
+        logits = self.lm_head(hidden)
+        if patch_tokens is not None:
+            sequence = torch.arange(input_ids.shape[0], device=input_ids.device)[:, None, None]
+            rows = slice_logits_to_keep(sequence.expand(*input_ids.shape, 1), logits_to_keep)[..., 0]
+            logits = logits.index_add(-1, cell_ids, pointer.scores(hidden, patch_tokens[rows]).to(logits.dtype))
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits=logits, labels=labels, vocab_size=logits.shape[-1], **kwargs)
+        return LlavaCausalLMOutputWithPast(
+            loss=loss, logits=logits, cache=outputs.cache, hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+        )  # fmt: skip
 
     def _region_encoder_trains(self, pixel_values: Tensor | None, input_ids: Tensor | None) -> bool:
         encoder = getattr(self.model, "region_encoder", None)
@@ -152,13 +238,16 @@ def patch_grid(config: ClocLlavaConfig) -> int:
 
 def with_patch_layout(projector: torch.nn.Module, config: ClocLlavaConfig) -> torch.nn.Module:
     """``projector`` plus what the config says of the patch tokens' places: row / column embeddings
-    (``patch_position``), then the column-major copy (``patch_order``), which so repeats them too."""
+    (``patch_position``), then the column-major copy (``patch_order``), which so repeats them too, then
+    the pointer's weights (``patch_pointer``)."""
     if config.patch_position:
         projector = PatchPositionProjector(
             projector, patch_grid(config), config.text_config.hidden_size, config.patch_position_scale
         )
     if checked_patch_order(config.patch_order) == "row_column":
         projector = ColumnMajorCopy(projector, patch_grid(config))
+    if config.patch_pointer:
+        projector = PatchPointer(projector, config.text_config.hidden_size)
     return projector
 
 

@@ -3,8 +3,9 @@
 transformers' ``LlavaMultiModalProjector`` is linear-act-linear. ``mlp2x_gelu`` is exactly that with GELU,
 and ``linear`` is that with the identity activation and the second layer pinned to the identity (frozen),
 so both stay plain Llava checkpoints. Deeper MLPs need ``MLPProjector`` and the ``cloc_llava`` model type,
-and so do ``PatchPositionProjector`` (any projector plus each patch's row and column) and
-``ColumnMajorCopy`` (the patch tokens again, column by column).
+and so do ``PatchPositionProjector`` (any projector plus each patch's row and column),
+``ColumnMajorCopy`` (the patch tokens again, column by column) and ``PatchPointer`` (the weights that
+let a pointing answer's cells match and carry the image's own patch tokens).
 """
 
 from __future__ import annotations
@@ -161,3 +162,43 @@ def checked_patch_order(patch_order: str) -> str:
 def extra_image_tokens(patch_order: str, grid: int) -> int:
     """Image tokens a ``patch_order`` adds to the tower's own (the column-major copy's)."""
     return grid * grid if checked_patch_order(patch_order) == "row_column" else 0
+
+
+class PatchPointer(nn.Module):
+    """A projector plus the two weights of patch pointing: the answer's ``<cell_k>`` logit also matches
+    the answer state against the k-th projected patch token of the record's image, and a written
+    ``<cell_k>`` carries that token's features.
+
+    Why: with cells as ordinary vocabulary the LLM must learn, through its LM head, which of 64 fixed
+    rows goes with the place of "the red circle"; a localized tower's patch tokens already say what lies
+    where, so naming a cell can be a match of the question's state against them -- the text-to-patch
+    match CLOC's losses train. Both weights start at zero, so a new pointer starts as the vocabulary
+    pointer (``mllm.pointing``) exactly. They live in the projector so that they train, are saved and
+    are loaded with it in both stages (and under LoRA) without further plumbing.
+
+    Keys are the patch tokens at unit RMS: stage 1 grows the projected tokens to norm 90-170
+    (docs/mllm.md), and the match should not grow with them.
+    """
+
+    def __init__(self, projector: nn.Module, hidden_size: int):
+        super().__init__()
+        self.projector = projector
+        self.query = nn.Linear(hidden_size, hidden_size, bias=False)
+        nn.init.zeros_(self.query.weight)
+        self.carry = nn.Parameter(torch.zeros(1))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.projector(features)
+
+    @staticmethod
+    def keys(patch_tokens: torch.Tensor) -> torch.Tensor:
+        """Projected patch tokens (..., N, H) at unit RMS."""
+        return patch_tokens * torch.rsqrt(patch_tokens.pow(2).mean(-1, keepdim=True) + 1e-6)
+
+    def scores(self, hidden: torch.Tensor, patch_tokens: torch.Tensor) -> torch.Tensor:
+        """What each patch adds to its cell's logit: hidden (..., H), patch_tokens (..., N, H) -> (..., N)."""
+        return torch.einsum("...h,...nh->...n", self.query(hidden), self.keys(patch_tokens).to(hidden.dtype))
+
+    def carried(self, patch_tokens: torch.Tensor) -> torch.Tensor:
+        """What a written cell adds to its embedding: the pointed patch token (..., H), scaled by ``carry``."""
+        return self.carry.to(patch_tokens.dtype) * self.keys(patch_tokens)

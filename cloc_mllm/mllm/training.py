@@ -77,6 +77,10 @@ class ModelArguments:
         default=False,
         metadata={"help": "add a <cell_k> token per tower patch: answers that point before their box (mllm.pointing)"},
     )
+    mm_point_to_patches: bool = field(
+        default=False,
+        metadata={"help": "the cells also match and carry the image's own patch tokens (projector.PatchPointer)"},
+    )
     tune_mm_mlp_adapter: bool = field(
         default=False, metadata={"help": "stage 1: train and save the projector only"}
     )
@@ -150,6 +154,7 @@ def build_args_from(model_args: ModelArguments, data_args: DataArguments, traini
         mm_patch_position_init=model_args.mm_patch_position_init,
         mm_patch_order=model_args.mm_patch_order,
         mm_point_cells=model_args.mm_point_cells,
+        mm_point_to_patches=model_args.mm_point_to_patches,
     )
 
 

@@ -151,6 +151,14 @@ class PipelineConfig:
             "records: LLaVA-CLOC 7.3 -> 16.3 Acc@0.5 at 600 steps, both towers ~27 at 1200 (experiments/llava_prompt_order)."
         ),
     )
+    point_to_patches: bool = field(
+        default=False,
+        metadata=_help(
+            "With point_cells: each cell's logit also matches the answer state against that patch's own image "
+            "token, and a written cell carries it (cloc_mllm.mllm.projector.PatchPointer; cloc_llava checkpoints). "
+            "Ferret*, whose region prompts it does not serve, keeps plain cells."
+        ),
+    )
     align_steps: int = field(
         default=100,
         metadata=_help("LLaVA stage 1 per tower: projector-only steps, tower and LLM frozen (0 = none)."),
@@ -221,6 +229,8 @@ class PipelineConfig:
         for name, default in (("patch_position_scale", "unit"), ("patch_position_init", "random")):
             if getattr(self, name) != default and not self.patch_position:
                 raise ValueError(f"PipelineConfig.{name} sets up the patch positions; it needs patch_position=True")
+        if self.point_to_patches and not self.point_cells:
+            raise ValueError("PipelineConfig.point_to_patches points the cells at patch tokens; it needs point_cells=True")
         if self.region_head not in TRAINED_REGION_HEADS:
             raise ValueError(f"PipelineConfig.region_head must be one of {TRAINED_REGION_HEADS}, got {self.region_head!r}")
         kinds = self.instruction_kinds.split(",")

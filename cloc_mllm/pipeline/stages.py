@@ -230,6 +230,8 @@ def finetune(
         args += ["--mm_patch_order", config.patch_order]
     if config.point_cells:
         args += ["--mm_point_cells", "True"]
+    if config.point_to_patches and not region_prompts:
+        args += ["--mm_point_to_patches", "True"]
     if projector_only:
         args += ["--tune_mm_mlp_adapter", "True"]
     elif config.lora_r:

@@ -135,6 +135,11 @@ def main() -> None:
         help="answers start with the tower cell holding the box centre, <cell_k> (cloc_mllm.mllm.pointing)",
     )
     parser.add_argument(
+        "--point_to_patches",
+        action="store_true",
+        help="with --point_cell: the cells also match and carry the image's patch tokens (PatchPointer)",
+    )
+    parser.add_argument(
         "--kinds", default="grounding", help="turn kinds of the records (grounding,referring: the main job's)"
     )
     parser.add_argument(
@@ -148,7 +153,7 @@ def main() -> None:
         args.profile, out_dir=str(run), align_steps=args.align_steps, finetune_steps=args.finetune_steps,
         vision_select_layer=args.vision_select_layer, patch_position=args.patch_position,
         patch_position_scale=args.patch_position_scale, patch_position_init=args.patch_position_init,
-        patch_order=args.patch_order, point_cells=args.point_cell,
+        patch_order=args.patch_order, point_cells=args.point_cell, point_to_patches=args.point_to_patches,
         **{name: getattr(args, name) for name in ("align_lr", "finetune_lr") if getattr(args, name) is not None},
     )  # fmt: skip
     world, llm = run / "world", run / "finetune" / "llm"
