@@ -308,6 +308,14 @@ def test_point_cells_reach_the_grounding_answers_and_both_llava_stages(tmp_path,
     for projector_only in (True, False):
         stages.finetune(config, tmp_path, tmp_path, tmp_path, tmp_path, tmp_path / "out", projector_only)
     assert all(c[c.index("--mm_point_cells") + 1] == "True" for c in launched) and len(launched) == 2
+    assert not any("--mm_point_to_patches" in c for c in launched)
+    launched.clear()
+    patches = config_for_profile("ci", point_cells=True, point_to_patches=True, deepspeed="")
+    for region_prompts in (False, True):  # LLaVA, then Ferret*: region prompts keep plain cells
+        stages.finetune(patches, tmp_path, tmp_path, tmp_path, tmp_path, tmp_path / "out", False, region_prompts=region_prompts)
+    assert ["--mm_point_to_patches" in c for c in launched] == [True, False]
+    with pytest.raises(ValueError, match="needs point_cells=True"):
+        config_for_profile("ci", point_to_patches=True)
 
 
 def test_ci_profile_end_to_end(tmp_path):
