@@ -142,7 +142,7 @@ def test_patch_pointer_starts_as_the_vocabulary_pointer_then_scores_cells_by_the
     with torch.no_grad():
         hidden = model.model(**batch).last_hidden_state  # (B, L, H)
         patches = torch.stack(list(model.model.get_image_features(pixel_values=batch["pixel_values"]).pooler_output))
-    expected = start[..., cells] + pointer.scores(hidden, patches[:, None].expand(-1, hidden.shape[1], -1, -1))
+    expected = start[..., cells] + torch.einsum("blh,bkh->blk", pointer.query(hidden), pointer.keys(patches))
     assert torch.allclose(scored[..., cells], expected, atol=1e-4)
     with torch.no_grad():
         pointer.carry.fill_(0.5)  # a written cell now carries its patch token into what follows

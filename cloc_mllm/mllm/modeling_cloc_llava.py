@@ -183,9 +183,12 @@ class ClocLlavaForConditionalGeneration(LlavaForConditionalGeneration):
         hidden = slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep)  # (B, n, H) or (K, H)
         logits = self.lm_head(hidden)
         if patch_tokens is not None:
-            sequence = torch.arange(input_ids.shape[0], device=input_ids.device)[:, None, None]
-            rows = slice_logits_to_keep(sequence.expand(*input_ids.shape, 1), logits_to_keep)[..., 0]
-            logits = logits.index_add(-1, cell_ids, pointer.scores(hidden, patch_tokens[rows]).to(logits.dtype))
+            if hidden.dim() == 3:  # (B, n, H): positions of every sequence, scored against its own patches
+                scores = pointer.scores(hidden, patch_tokens)
+            else:  # a boolean mask kept K positions (K, H): each against its sequence's patches
+                rows = logits_to_keep.nonzero()[:, 0]
+                scores = pointer.scores(hidden[:, None], patch_tokens[rows])[:, 0]
+            logits = logits.index_add(-1, cell_ids, scores.to(logits.dtype))
         loss = None
         if labels is not None:
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=logits.shape[-1], **kwargs)

@@ -196,8 +196,8 @@ class PatchPointer(nn.Module):
         return patch_tokens * torch.rsqrt(patch_tokens.pow(2).mean(-1, keepdim=True) + 1e-6)
 
     def scores(self, hidden: torch.Tensor, patch_tokens: torch.Tensor) -> torch.Tensor:
-        """What each patch adds to its cell's logit: hidden (..., H), patch_tokens (..., N, H) -> (..., N)."""
-        return torch.einsum("...h,...nh->...n", self.query(hidden), self.keys(patch_tokens).to(hidden.dtype))
+        """What each patch adds to its cell's logit: hidden (..., n, H), patch_tokens (..., N, H) -> (..., n, N)."""
+        return torch.einsum("...nh,...kh->...nk", self.query(hidden), self.keys(patch_tokens).to(hidden.dtype))
 
     def carried(self, patch_tokens: torch.Tensor) -> torch.Tensor:
         """What a written cell adds to its embedding: the pointed patch token (..., H), scaled by ``carry``."""
